@@ -1,0 +1,48 @@
+"""The project's exceptions.
+
+One base class so the CLI can turn any of them into one line on stderr. Every
+message names the file, key or value at fault and the fix. All of them pickle
+(plain ``args``), because Dask sends them back from workers.
+"""
+
+from __future__ import annotations
+
+
+class SlideprocError(Exception):
+    """Base of every error slideproc raises on purpose. ``str(err)`` is the one line users see."""
+
+    exit_code = 1
+
+
+class UsageError(SlideprocError):
+    """Bad command-line usage (exit status 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+class SourceError(SlideprocError):
+    """A slide or image cannot be opened or read; the message names the file."""
+
+
+class MissingMppError(SourceError):
+    """A source has no resolution (micrometres per pixel) and none was given."""
+
+
+class InputError(SlideprocError):
+    """An input path, folder or manifest is unusable."""
+
+
+class ModelError(SlideprocError):
+    """A model directory is missing, inconsistent or unsafe to load."""
+
+
+class DataError(SlideprocError):
+    """A training or evaluation data set is unusable."""
+
+
+class StoreError(SlideprocError):
+    """The output store cannot be written or read."""

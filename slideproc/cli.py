@@ -1,0 +1,212 @@
+"""Command line: ``slideproc <command> ...``.
+
+``main(argv) -> int`` is callable in-process (the tests do). Each command is a
+thin function that parses nothing itself and calls library code; heavy imports
+(TensorFlow, Dask, Zarr) happen inside the command bodies so ``--help``,
+``info`` and ``synth`` start fast.
+
+Exit status: 0 all good, 1 some sample/file failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SlideprocError, UsageError
+
+log = logging.getLogger("slideproc")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parse ``W`` or ``WxH`` (pixels)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be W or WxH in pixels, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"size must be W or WxH in pixels, got {text!r}")
+    return parts[0], parts[1]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so main() owns the exit status."""
+
+    def error(self, message: str):  # noqa: D401
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="slideproc", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"slideproc {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("synth", help="write a synthetic archive with ground truth")
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--samples", type=_positive_int, default=3, help="samples per kind (default 3)")
+    s.add_argument("--cells", type=_positive_int, default=300, help="nucleated cells per sample (default 300)")
+    s.add_argument("--kind", choices=["slide", "folder", "crops", "both"], default="both",
+                   help="slides, image folders, single-cell crops, or slides and folders (default)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=_size, default=None, help="slide size W[xH] in level-0 pixels")
+    s.add_argument("--mpp", type=_positive_float, default=0.25, help="level-0 resolution, um/px (default 0.25)")
+    s.add_argument("--cells-from", type=Path, default=None,
+                   help="cut cells from real single-cell crops in this class-folder directory")
+    s.set_defaults(func=_cmd_synth)
+
+    s = sub.add_parser("info", help="describe slides and image folders")
+    s.add_argument("paths", nargs="+", type=Path)
+    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--mpp", type=_positive_float, default=None, help="resolution for files that carry none")
+    s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("detect", help="find nucleated cells, without a model")
+    s.add_argument("inputs", nargs="+", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--mpp", type=_positive_float, default=None, help="resolution for files that carry none")
+    s.add_argument("--workers", type=_positive_int, default=None)
+    s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    s.set_defaults(func=_cmd_detect)
+
+    s = sub.add_parser("train", help="train the InceptionResNetV2 classifier on class folders")
+    s.add_argument("data_dir", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--epochs", type=_positive_int, default=None)
+    s.add_argument("--batch-size", type=_positive_int, default=None)
+    s.add_argument("--input-size", type=_positive_int, default=None)
+    s.add_argument("--weights", default=None, help="imagenet | none | PATH")
+    s.add_argument("--val-fraction", type=float, default=None)
+    s.add_argument("--val-dir", type=Path, default=None)
+    s.add_argument("--min-per-class", type=_positive_int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("evaluate", help="score a model on a class-folder data set")
+    s.add_argument("model_dir", type=Path)
+    s.add_argument("data_dir", type=Path)
+    s.add_argument("--out", type=Path, default=None)
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("run", help="detect and classify every cell of an archive on Dask")
+    s.add_argument("inputs", nargs="+", type=Path)
+    s.add_argument("--model", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--mpp", type=_positive_float, default=None, help="resolution for files that carry none")
+    s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    s.add_argument("--workers", type=_positive_int, default=None)
+    s.add_argument("--no-resume", action="store_true", help="redo samples already complete")
+    s.add_argument("--save-crops", action="store_true", help="store every cell crop in results.zarr")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("report", help="differential counts, plots and GeoJSON from a run's output")
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--config", type=Path, default=None)
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("demo", help="synthesize, train, run and report on a small archive")
+    s.add_argument("--out", type=Path, default=Path("demo-out"))
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+# ----------------------------------------------------------------------------
+# commands (each owns its imports)
+# ----------------------------------------------------------------------------
+def _cmd_synth(args) -> int:
+    raise UsageError("synth is not implemented yet")
+
+
+def _cmd_info(args) -> int:
+    raise UsageError("info is not implemented yet")
+
+
+def _cmd_detect(args) -> int:
+    raise UsageError("detect is not implemented yet")
+
+
+def _cmd_train(args) -> int:
+    raise UsageError("train is not implemented yet")
+
+
+def _cmd_evaluate(args) -> int:
+    raise UsageError("evaluate is not implemented yet")
+
+
+def _cmd_run(args) -> int:
+    raise UsageError("run is not implemented yet")
+
+
+def _cmd_report(args) -> int:
+    raise UsageError("report is not implemented yet")
+
+
+def _cmd_demo(args) -> int:
+    raise UsageError("demo is not implemented yet")
+
+
+# ----------------------------------------------------------------------------
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    root = logging.getLogger("slideproc")
+    root.setLevel(level)
+    if not any(getattr(h, "_slideproc", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler._slideproc = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        _setup_logging(args.verbose, args.quiet)
+        return int(args.func(args) or 0)
+    except SlideprocError as err:
+        if debug:
+            raise
+        print(f"slideproc: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("slideproc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared fixtures: paths to the real data beside the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL = SHARED / "data" / "real"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (the ../shared folder beside the repository is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    return _need(REAL)
+
+
+@pytest.fixture(scope="session")
+def real_slides() -> Path:
+    return _need(REAL / "slides")
+
+
+@pytest.fixture(scope="session")
+def matek_dir() -> Path:
+    return _need(REAL / "matek_bm")
+
+
+@pytest.fixture(scope="session")
+def bccd_dir() -> Path:
+    return _need(REAL / "bccd")
+
+
+@pytest.fixture(scope="session")
+def bm_he_dir() -> Path:
+    return _need(REAL / "bm_he_miccai2015")

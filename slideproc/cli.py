@@ -147,8 +147,33 @@ def _cmd_synth(args) -> int:
     raise UsageError("synth is not implemented yet")
 
 
+def _load_run_config(args):
+    from .config import load_run_config, with_overrides
+
+    cfg = load_run_config(getattr(args, "config", None))
+    return with_overrides(cfg, {"source.fallback_mpp_um": getattr(args, "mpp", None)})
+
+
 def _cmd_info(args) -> int:
-    raise UsageError("info is not implemented yet")
+    from .info import describe_source, format_sample
+    from .sources.discover import discover
+
+    cfg = _load_run_config(args)
+    found = discover(args.paths)
+    failed = 0
+    blocks = []
+    for sample in found.samples:
+        infos = [describe_source(ref, cfg) for ref in sample.sources]
+        blocks.append(format_sample(sample, infos))
+        for info in infos:
+            if info.error:
+                failed += 1
+                print(f"slideproc: error: {info.error}", file=sys.stderr)
+    print("\n\n".join(blocks))
+    for path, reason in found.problems:
+        failed += 1
+        print(f"slideproc: error: {path}: {reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_detect(args) -> int:

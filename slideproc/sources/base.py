@@ -1,0 +1,78 @@
+"""The reader protocol every source implements, and the picklable reference to one.
+
+Dask tasks carry a :class:`SourceRef` (path, reader name, mpp override), never an
+open handle; :func:`slideproc.sources.open_source` opens it inside the task and
+caches the handle per worker thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+# Outside the slide is blank glass: padding is white, as OpenSlide's transparent
+# pixels are when composited onto a white background.
+PAD_VALUE = 255
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One file of one sample.
+
+    ``path`` is absolute; ``name`` is what outputs call it (relative to the
+    sample's folder, the manifest, or the file name of a slide given directly).
+    ``mpp`` is the resolution from the manifest or ``--mpp``, used only when
+    the file carries none.
+    """
+
+    path: str
+    name: str
+    reader: str  # "openslide" | "image"
+    mpp: float | None = None
+
+
+@runtime_checkable
+class SlideReader(Protocol):
+    path: str
+    format: str
+
+    @property
+    def dimensions(self) -> tuple[int, int]: ...
+
+    @property
+    def level_count(self) -> int: ...
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]: ...
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]: ...
+
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 micrometres per pixel from the file's metadata, or None."""
+
+    @property
+    def objective_power(self) -> float | None: ...
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """uint8 (h, w, 3) RGB; ``location`` in level-0 pixels; padded with white at edges."""
+
+    def close(self) -> None: ...
+
+
+def paste_into_canvas(region: np.ndarray, x: int, y: int, w: int, h: int, bounds: tuple[int, int]) -> np.ndarray:
+    """Place the part of an image inside ``bounds`` into a white (h, w, 3) canvas.
+
+    ``region`` is the full image (or level) array; (x, y) the canvas origin in
+    its pixel coordinates, possibly negative or past the edge.
+    """
+    out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
+    bw, bh = bounds
+    sx0, sy0 = max(x, 0), max(y, 0)
+    sx1, sy1 = min(x + w, bw), min(y + h, bh)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = region[sy0:sy1, sx0:sx1]
+    return out

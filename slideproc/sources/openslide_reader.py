@@ -1,0 +1,110 @@
+"""Reader for every format OpenSlide opens (svs, ndpi, mrxs, scn, generic TIFF, DICOM, ...)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import SourceError
+from .base import PAD_VALUE
+
+# Formats OpenSlide can read. A .tif/.tiff may also be a plain image; those go
+# to the image reader when OpenSlide does not recognise them.
+SLIDE_SUFFIXES = frozenset(
+    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
+)
+
+
+def detect_format(path: str) -> str | None:
+    import openslide
+
+    try:
+        return openslide.OpenSlide.detect_format(path)
+    except Exception:  # unreadable header: the open will say why
+        return None
+
+
+class OpenSlideReader:
+    name = "openslide"
+
+    def __init__(self, path: str):
+        import openslide
+
+        self.path = str(path)
+        try:
+            self._slide = openslide.OpenSlide(self.path)
+        except openslide.OpenSlideUnsupportedFormatError:
+            raise SourceError(
+                f"{self.path}: not a slide format OpenSlide can read "
+                "(convert it to a pyramidal TIFF, or put plain images in an image folder)"
+            ) from None
+        except openslide.OpenSlideError as err:
+            raise SourceError(f"{self.path}: OpenSlide cannot open it: {err}") from None
+        except OSError as err:
+            raise SourceError(f"{self.path}: cannot open: {err.strerror or err}") from None
+        props = self._slide.properties
+        self.format = props.get("openslide.vendor", "unknown")
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return tuple(self._slide.dimensions)
+
+    @property
+    def level_count(self) -> int:
+        return self._slide.level_count
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return tuple(tuple(d) for d in self._slide.level_dimensions)
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return tuple(float(d) for d in self._slide.level_downsamples)
+
+    @property
+    def mpp(self) -> float | None:
+        import openslide
+
+        props = self._slide.properties
+        values = []
+        for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
+            try:
+                value = float(props[key])
+            except (KeyError, ValueError):
+                continue
+            if value > 0:
+                values.append(value)
+        # Square pixels are the norm; the mean hides rounding in the metadata.
+        return float(np.mean(values)) if values else None
+
+    @property
+    def objective_power(self) -> float | None:
+        import openslide
+
+        try:
+            return float(self._slide.properties[openslide.PROPERTY_NAME_OBJECTIVE_POWER])
+        except (KeyError, ValueError):
+            return None
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        import openslide
+
+        try:
+            rgba = np.asarray(self._slide.read_region((int(location[0]), int(location[1])), level, size))
+        except openslide.OpenSlideError as err:
+            raise SourceError(f"{self.path}: cannot read tiles (corrupt file?): {err}") from None
+        rgb = rgba[..., :3].astype(np.uint16)
+        alpha = rgba[..., 3:4].astype(np.uint16)
+        if alpha.min() == 255:
+            return np.ascontiguousarray(rgba[..., :3])
+        # Transparent = outside the scanned area: composite onto white glass.
+        out = (rgb * alpha + PAD_VALUE * (255 - alpha) + 127) // 255
+        return out.astype(np.uint8)
+
+    def close(self) -> None:
+        self._slide.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -177,7 +177,11 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_detect(args) -> int:
-    raise UsageError("detect is not implemented yet")
+    from .runner import run_archive
+
+    cfg = _load_run_config(args)
+    return run_archive(args.inputs, args.out, cfg, None, scheduler=args.scheduler,
+                       workers=args.workers, progress=not args.quiet)
 
 
 def _cmd_train(args) -> int:
@@ -189,7 +193,12 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    raise UsageError("run is not implemented yet")
+    from .runner import run_archive
+
+    cfg = _load_run_config(args)
+    return run_archive(args.inputs, args.out, cfg, args.model, scheduler=args.scheduler,
+                       workers=args.workers, resume=not args.no_resume, save_crops=args.save_crops,
+                       progress=not args.quiet)
 
 
 def _cmd_report(args) -> int:

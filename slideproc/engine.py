@@ -1,0 +1,369 @@
+"""The batch engine: the only module that builds and runs Dask work.
+
+Per sample: plan each source (mpp, foreground, tiles) -> detect per tile ->
+cut the cells into fixed-size batches in a deterministic order -> crop (on a
+CPU worker, at the slide's own resolution) -> classify (on a ``GPU`` resource
+worker when the cluster has one) -> assemble and write the sample whole.
+
+Work is submitted as futures with back-pressure: at most
+``tiles_in_flight_per_worker`` tiles per worker, and a bounded number of
+batches waiting for the classifier, so memory follows tiles in flight, never
+slide size. Tile results are consumed in tile order whatever order they finish
+in, so batches, and therefore outputs, are the same on every run and resume.
+
+A failure (unreadable file, no mpp, corrupt tile, dead worker past its
+retries) fails its sample only: its futures are cancelled, it goes to
+errors.csv, and the other samples finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .cluster import GPU, has_gpu_workers, open_client, worker_summary
+from .config import RunConfig, to_dict
+from .errors import SlideprocError
+from .schema import DETECT_COLUMNS
+from .sources.discover import SampleSpec, discover
+from .tasks import classify_task, crop_px_for, crop_task, detect_task, plan_task
+
+log = logging.getLogger("slideproc.engine")
+
+# Cells per classify task: several fixed-size batches amortise the task overhead
+# while the predictor still runs exactly ``batch_size`` crops per call.
+BATCHES_PER_TASK = 4
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    labels: tuple[str, ...]
+    sha256: str
+    input_size_px: int
+
+
+@dataclass
+class SampleResult:
+    sample_id: str
+    status: str  # complete | failed | skipped
+    n_cells: int = 0
+    seconds: float = 0.0
+    stage: str = ""
+    error: str = ""
+    path: str = ""
+    classify_workers: list[str] = field(default_factory=list)
+    crop_bytes: int = 0
+
+
+@dataclass
+class _Sample:
+    spec: SampleSpec
+    started: float
+    plans_pending: int
+    geos: dict = field(default_factory=dict)  # source index -> Geometry
+    n_tiles: dict = field(default_factory=dict)  # source index -> tile count
+    tile_frames: dict = field(default_factory=dict)  # (source, tile) -> DataFrame
+    cursor: tuple[int, int] = (0, 0)  # next (source, tile) to consume in order
+    buffer: list = field(default_factory=list)  # DataFrames not yet batched
+    batches: list = field(default_factory=list)  # DataFrames, in order
+    probabilities: dict = field(default_factory=dict)  # batch index -> array
+    crops: dict = field(default_factory=dict)  # batch index -> crops (save_crops)
+    futures: set = field(default_factory=set)
+    crop_px: int = 0
+    failed: tuple[str, str] | None = None
+    workers: set = field(default_factory=set)
+    crop_bytes: int = 0
+
+    @property
+    def planned(self) -> bool:
+        return self.plans_pending == 0
+
+    def tiles_left(self) -> bool:
+        src, tile = self.cursor
+        return src < len(self.spec.sources)
+
+
+def read_model_info(model_dir: str | Path) -> ModelInfo:
+    """Labels, digest and input size from MODEL_DIR without importing Keras."""
+    from .classify.loading import LABELS_FILE, MODEL_FILE, _expected_digest, _read_labels
+    from .errors import ModelError
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory not found: {model_dir}; train one with `slideproc train`")
+    if not (model_dir / MODEL_FILE).is_file():
+        raise ModelError(f"{model_dir / MODEL_FILE} is missing; point --model at a directory written by slideproc train")
+    info = _read_labels(model_dir)
+    size = info.get("input_size_px") or info.get("input_size")
+    if not isinstance(size, int) or size < 75:
+        raise ModelError(f"{model_dir / LABELS_FILE}: key 'input_size_px' must be an integer >= 75")
+    return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), _expected_digest(model_dir), size)
+
+
+class _Progress:
+    """tqdm on a terminal; a log line every 15 s otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.tty = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.total = 0
+        self.done = 0
+        self.cells = 0
+        self.samples_done = 0
+        self.samples_total = 0
+        self.start = time.perf_counter()
+        self._last = self.start
+        self._bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=0, unit="tile", dynamic_ncols=True, file=sys.stderr)
+
+    def add_tiles(self, n: int) -> None:
+        self.total += n
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
+    def tile_done(self, cells: int) -> None:
+        self.done += 1
+        self.cells += cells
+        if self._bar is not None:
+            rate = self.cells / max(time.perf_counter() - self.start, 1e-9)
+            self._bar.set_postfix_str(f"samples {self.samples_done}/{self.samples_total}, "
+                                      f"{self.cells} cells, {rate:.1f} cells/s", refresh=False)
+            self._bar.update(1)
+        elif self.enabled and time.perf_counter() - self._last > 15:
+            self._last = time.perf_counter()
+            elapsed = self._last - self.start
+            rate = self.done / max(elapsed, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            log.info("tiles %d/%d, samples %d/%d, %d cells, %.1f cells/s, ETA %.0f s",
+                     self.done, self.total, self.samples_done, self.samples_total, self.cells,
+                     self.cells / max(elapsed, 1e-9), eta)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Engine:
+    """One run over an archive. ``run()`` returns the per-sample results."""
+
+    def __init__(self, samples: list[SampleSpec], cfg: RunConfig, client, model: ModelInfo | None,
+                 on_sample_done, save_crops: bool = False, progress: bool = True):
+        self.samples = samples
+        self.cfg = cfg
+        self.client = client
+        self.model = model
+        self.on_sample_done = on_sample_done  # (spec, cells, probs, crops, state) -> None
+        self.save_crops = save_crops
+        self.progress = _Progress(progress)
+        n_workers = max(1, len(worker_summary(client)))
+        self.max_tiles = n_workers * cfg.engine.tiles_in_flight_per_worker
+        self.max_batches = 2 * n_workers + 2
+        self.gpu = model is not None and has_gpu_workers(client)
+        self.chunk = cfg.classify.batch_size * BATCHES_PER_TASK
+        self.results: dict[str, SampleResult] = {}
+
+    # -- submission ------------------------------------------------------
+    def _submit(self, state: _Sample, kind: str, fn, *args, resources=None, **extra):
+        fut = self.client.submit(fn, *args, resources=resources, pure=False)
+        self.meta[fut.key] = (kind, state, extra)
+        state.futures.add(fut)
+        self.ac.add(fut)
+        return fut
+
+    def run(self) -> dict[str, SampleResult]:
+        from distributed import as_completed
+
+        self.meta: dict = {}
+        self.ac = as_completed()
+        self.tile_queue: deque = deque()
+        self.tiles_in_flight = 0
+        self.batches_in_flight = 0
+        states = []
+        self.progress.samples_total = len(self.samples)
+        for spec in self.samples:
+            state = _Sample(spec, time.time(), plans_pending=len(spec.sources))
+            states.append(state)
+            for i, ref in enumerate(spec.sources):
+                self._submit(state, "plan", plan_task, ref, self.cfg, source=i)
+        for fut in self.ac:
+            kind, state, extra = self.meta.pop(fut.key)
+            state.futures.discard(fut)
+            if kind == "tile":
+                self.tiles_in_flight -= 1
+            elif kind == "classify":
+                self.batches_in_flight -= 1
+            if state.failed is None:
+                try:
+                    value = fut.result()
+                except Exception as err:  # noqa: BLE001 - any task error fails the sample only
+                    self._fail(state, kind, err)
+                else:
+                    try:
+                        getattr(self, f"_on_{kind}")(state, value, **extra)
+                    except Exception as err:  # noqa: BLE001
+                        self._fail(state, "write" if kind == "classify" else kind, err)
+            self._fill()
+        self.progress.close()
+        return self.results
+
+    def _fill(self) -> None:
+        """Submit queued tiles up to the in-flight limits (back-pressure)."""
+        while (self.tile_queue and self.tiles_in_flight < self.max_tiles
+               and self.batches_in_flight < self.max_batches):
+            state, src, tile, geo = self.tile_queue.popleft()
+            if state.failed is not None:
+                continue
+            self.tiles_in_flight += 1
+            self._submit(state, "tile", detect_task, state.spec.sources[src], tile, geo, self.cfg,
+                         source=src, tile=tile.index)
+
+    # -- results ---------------------------------------------------------
+    def _on_plan(self, state: _Sample, value, source: int) -> None:
+        geo, tiles = value
+        state.geos[source] = geo
+        state.n_tiles[source] = len(tiles)
+        state.plans_pending -= 1
+        self.progress.add_tiles(len(tiles))
+        for tile in tiles:
+            self.tile_queue.append((state, source, tile, geo))
+        if self.model is not None and geo is not None:
+            px = crop_px_for(geo.mpp0, self.cfg.crops.field_of_view_um, self.model.input_size_px)
+            state.crop_px = max(state.crop_px, px)
+        self._advance(state)
+
+    def _on_tile(self, state: _Sample, cells: pd.DataFrame, source: int, tile: int) -> None:
+        state.tile_frames[(source, tile)] = cells
+        self.progress.tile_done(len(cells))
+        self._advance(state)
+
+    def _advance(self, state: _Sample) -> None:
+        """Consume tile results in (source, tile) order; cut full batches; finish."""
+        n_sources = len(state.spec.sources)
+        src, tile = state.cursor
+        while src < n_sources and src in state.n_tiles:
+            if tile >= state.n_tiles[src]:
+                src, tile = src + 1, 0
+                continue
+            frame = state.tile_frames.pop((src, tile), None)
+            if frame is None:
+                break
+            if len(frame):
+                state.buffer.append(frame.assign(_source_index=src))
+            tile += 1
+        state.cursor = (src, tile)
+        done_detecting = src >= n_sources
+        if self.model is None:
+            if done_detecting:
+                self._finish(state)
+            return
+        self._cut_batches(state, final=done_detecting)
+        if done_detecting and not state.futures:
+            self._finish(state)
+
+    def _cut_batches(self, state: _Sample, final: bool) -> None:
+        pending = pd.concat(state.buffer, ignore_index=True) if state.buffer else None
+        state.buffer = []
+        if pending is None:
+            return
+        start = 0
+        while len(pending) - start >= self.chunk or (final and start < len(pending)):
+            part = pending.iloc[start:start + self.chunk].reset_index(drop=True)
+            start += len(part)
+            self._submit_batch(state, part)
+        if start < len(pending):
+            state.buffer = [pending.iloc[start:].reset_index(drop=True)]
+
+    def _submit_batch(self, state: _Sample, part: pd.DataFrame) -> None:
+        index = len(state.batches)
+        state.batches.append(part)
+        crop_futs = []
+        for src, group in part.groupby("_source_index", sort=True):
+            geo = state.geos[src]
+            crop_futs.append(self._submit(
+                state, "crop", crop_task, state.spec.sources[src], geo.mpp0,
+                group["x"].to_numpy(), group["y"].to_numpy(), self.cfg.crops.field_of_view_um,
+                state.crop_px, batch=index))
+        resources = {GPU: 1} if self.gpu else None
+        self.batches_in_flight += 1
+        self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, crop_futs,
+                     self.cfg.classify.batch_size, resources=resources, batch=index)
+        if self.save_crops:
+            state.crops[index] = crop_futs
+
+    def _on_crop(self, state: _Sample, crops, batch: int) -> None:
+        state.crop_bytes += int(crops.nbytes)
+
+    def _on_classify(self, state: _Sample, value: dict, batch: int) -> None:
+        state.probabilities[batch] = value["probabilities"]
+        state.workers.add(value["worker"])
+        if not state.tiles_left() and not state.futures:
+            self._finish(state)
+
+    def _finish(self, state: _Sample) -> None:
+        cells = (pd.concat(state.batches, ignore_index=True) if self.model is not None
+                 else pd.concat(state.buffer, ignore_index=True) if state.buffer else None)
+        if cells is None or len(cells) == 0:
+            cells = pd.DataFrame({c: pd.Series(dtype="float64") for c in DETECT_COLUMNS})
+            cells["_source_index"] = pd.Series(dtype="int64")
+        probs = crops = None
+        if self.model is not None:
+            n_classes = len(self.model.labels)
+            parts = [state.probabilities[i] for i in range(len(state.batches))]
+            probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
+            if self.save_crops:
+                gathered = [np.concatenate(self.client.gather(state.crops[i]))
+                            for i in range(len(state.batches))]
+                px = state.crop_px or 1
+                crops = np.concatenate(gathered) if gathered else np.zeros((0, px, px, 3), np.uint8)
+        state.buffer, state.batches, state.crops = [], [], {}
+        self.on_sample_done(state.spec, cells, probs, crops, state)
+        self.progress.samples_done += 1
+        self.results[state.spec.sample_id] = SampleResult(
+            state.spec.sample_id, "complete", n_cells=len(cells), seconds=time.time() - state.started,
+            path=state.spec.origin, classify_workers=sorted(state.workers), crop_bytes=state.crop_bytes)
+        log.info("%s: %d cells in %.1f s", state.spec.sample_id, len(cells), time.time() - state.started)
+
+    def _fail(self, state: _Sample, stage: str, err: BaseException) -> None:
+        if state.failed is not None:
+            return
+        stage = {"plan": "open", "tile": "detect"}.get(stage, stage)
+        message = one_line(err)
+        state.failed = (stage, message)
+        for fut in list(state.futures):
+            fut.cancel()
+            self.meta.pop(fut.key, None)
+        state.futures.clear()
+        state.buffer, state.batches, state.tile_frames, state.crops = [], [], {}, {}
+        self.progress.samples_done += 1
+        self.results[state.spec.sample_id] = SampleResult(
+            state.spec.sample_id, "failed", stage=stage, error=message, path=state.spec.origin,
+            seconds=time.time() - state.started)
+        log.error("%s: failed at %s: %s", state.spec.sample_id, stage, message)
+        self.tiles_in_flight = sum(1 for k, s, _ in self.meta.values() if k == "tile")
+        self.batches_in_flight = sum(1 for k, s, _ in self.meta.values() if k == "classify")
+
+
+def one_line(err: BaseException) -> str:
+    """The one line users see for an error from a task."""
+    if isinstance(err, SlideprocError):
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    name = type(err).__name__
+    if name == "KilledWorker":
+        return "the worker running it died repeatedly (out of memory?); see the Dask worker logs"
+    text = str(err).strip().splitlines()
+    return f"{name}: {text[0]}" if text else name

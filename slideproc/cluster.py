@@ -55,7 +55,9 @@ def open_client(scheduler: str | None, cfg: EngineConfig, workers: int | None = 
         # Worker deaths a task may survive before it is given up (lost workers
         # are retried this many times; then the sample fails, the run goes on).
         scheduler_kwargs={"allowed_failures": cfg.retries},
-        silence_logs=logging.ERROR,
+        # Task errors reach the user as one line per sample (errors.csv and
+        # stderr); the workers' own tracebacks would only repeat them.
+        silence_logs=logging.CRITICAL,
     )
     client = Client(cluster)
     try:

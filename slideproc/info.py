@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import RunConfig
 from .errors import SlideprocError
@@ -66,7 +67,8 @@ def format_sample(sample: SampleSpec, infos: list[SourceInfo]) -> str:
     lines = [f"{sample.sample_id}  ({sample.origin})"]
     for info in infos:
         indent = "  "
-        if len(infos) > 1:
+        # Name the file unless the header already does (a slide given by path).
+        if len(infos) > 1 or info.name != Path(sample.origin).name:
             lines.append(f"  {info.name}")
             indent = "    "
         if info.error:

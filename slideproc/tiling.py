@@ -4,7 +4,10 @@ Coordinates: a *working pixel* u is a pixel of the source resampled to
 ``working_mpp``; its centre lies at level-0 coordinate ``(u + 0.5) * f - 0.5``
 with ``f = working_mpp / mpp0`` (level-0 pixels per working pixel). Reads are
 computed point by point from that mapping, so a pixel's value never depends on
-which tile it was read in: results do not depend on the tile size.
+which tile it was read in: results do not depend on the tile size. (Exactly so
+on level 0 and on levels of integer downsample; on a level of downsample such
+as 4.016 OpenSlide interpolates a sub-pixel offset that differs between reads,
+within 0.5 / downsample px.)
 
 Memory is bounded by the tile size: nothing here reads a whole level except the
 foreground thumbnail, which is built chunk by chunk at ~8 um/px.
@@ -18,10 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import TilingConfig
+from .errors import ConfigError
 from .sources.base import PAD_VALUE, SlideReader
 
 _EPS = 1e-3
-_CHUNK = 2048  # level pixels per chunk when building the thumbnail (2048^2 x 3 = 12 MB)
+_CHUNK = 1024  # level pixels per chunk when building the thumbnail (1024^2 x 4 = 4 MB per read)
 
 
 @dataclass(frozen=True)
@@ -89,16 +93,30 @@ def read_working(reader: SlideReader, geo: Geometry, ux: int, uy: int, w: int, h
     # Anti-aliasing when shrinking: a Gaussian whose width follows the shrink
     # factor; the margin covers its support so the result is tile-invariant.
     sigma = 0.5 * (s - 1.0) if s > 1.0 else 0.0
-    margin = int(math.ceil(3 * sigma)) + 2
+    # scipy's kernel reaches int(4 * sigma + 0.5) px; the margin must hold all of
+    # it or pixels near a tile edge would see the region's edge, not the slide.
+    margin = int(math.ceil(4 * sigma)) + 2
     lx0 = int(math.floor(xs[0])) - margin
     ly0 = int(math.floor(ys[0])) - margin
     lx1 = int(math.ceil(xs[-1])) + margin + 1
     ly1 = int(math.ceil(ys[-1])) + margin + 1
-    region = reader.read_region((round(lx0 * d), round(ly0 * d)), geo.level, (lx1 - lx0, ly1 - ly0))
-    region = region.astype(np.float32)
+    # Read only what lies inside the level and pad with white here, so every
+    # read starts at a non-negative location (see OpenSlideReader.read_region).
+    region = np.full((ly1 - ly0, lx1 - lx0, 3), PAD_VALUE, dtype=np.float32)
+    lw, lh = reader.level_dimensions[geo.level]
+    cx0, cy0, cx1, cy1 = max(lx0, 0), max(ly0, 0), min(lx1, lw), min(ly1, lh)
+    ox, oy = float(lx0), float(ly0)  # level coordinate of region pixel (0, 0)
+    if cx1 > cx0 and cy1 > cy0:
+        loc_x, loc_y = round(cx0 * d), round(cy0 * d)
+        region[cy0 - ly0 : cy1 - ly0, cx0 - lx0 : cx1 - lx0] = reader.read_region(
+            (loc_x, loc_y), geo.level, (cx1 - cx0, cy1 - cy0))
+        # OpenSlide starts the read at level coordinate loc / d: cx0 for an
+        # integer downsample (level 0 always), else off by a fraction it
+        # interpolates. Sampling from there keeps the geometry right.
+        ox, oy = loc_x / d - (cx0 - lx0), loc_y / d - (cy0 - ly0)
     if sigma > 0:
         region = ndimage.gaussian_filter(region, sigma=(sigma, sigma, 0), mode="nearest")
-    yy, xx = np.meshgrid(ys - ly0, xs - lx0, indexing="ij")
+    yy, xx = np.meshgrid(ys - oy, xs - ox, indexing="ij")
     out = np.empty((h, w, 3), dtype=np.uint8)
     for c in range(3):
         sampled = ndimage.map_coordinates(region[..., c], [yy, xx], order=1, mode="constant", cval=PAD_VALUE)
@@ -121,22 +139,24 @@ def thumbnail(reader: SlideReader, mpp0: float, target_mpp: float) -> tuple[np.n
     lw, lh = reader.level_dimensions[level]
     r = max(1, int(round(want / d)))  # level px per thumbnail px, integer
     tw, th = max(1, math.ceil(lw / r)), max(1, math.ceil(lh / r))
-    acc = np.zeros((th, tw, 3), dtype=np.float64)
-    cnt = np.zeros((th, tw, 1), dtype=np.float64)
-    step = max(r, (_CHUNK // r) * r)  # chunks aligned to thumbnail pixels
+    # Chunks are aligned to thumbnail pixels, so each thumbnail pixel is finished
+    # within one chunk and written straight into the uint8 result: memory is
+    # one chunk plus the thumbnail (3 bytes per 8 x 8 um).
+    thumb = np.full((th, tw, 3), PAD_VALUE, dtype=np.uint8)
+    step = max(r, (_CHUNK // r) * r)
     for y in range(0, lh, step):
         for x in range(0, lw, step):
             cw, ch = min(step, lw - x), min(step, lh - y)
-            chunk = reader.read_region((round(x * d), round(y * d)), level, (cw, ch)).astype(np.float64)
+            chunk = reader.read_region((round(x * d), round(y * d)), level, (cw, ch))
             rows = np.arange(0, ch, r)
             cols = np.arange(0, cw, r)
-            summed = np.add.reduceat(np.add.reduceat(chunk, rows, axis=0), cols, axis=1)
+            # Integer sums (exact up to r = 4000): no float64 copy of the chunk,
+            # which at 2048^2 px would be 100 MB.
+            summed = np.add.reduceat(np.add.reduceat(chunk, rows, axis=0, dtype=np.uint32), cols, axis=1)
             n_r = np.diff(np.append(rows, ch))[:, None, None]
             n_c = np.diff(np.append(cols, cw))[None, :, None]
             ty, tx = y // r, x // r
-            acc[ty : ty + len(rows), tx : tx + len(cols)] += summed
-            cnt[ty : ty + len(rows), tx : tx + len(cols)] += n_r * n_c
-    thumb = (acc / np.maximum(cnt, 1)).round().clip(0, 255).astype(np.uint8)
+            thumb[ty : ty + len(rows), tx : tx + len(cols)] = np.round(summed / (n_r * n_c)).clip(0, 255)
     return thumb, mpp0 * d * r
 
 
@@ -199,6 +219,11 @@ def plan_tiles(geo: Geometry, cfg: TilingConfig, mask: np.ndarray | None = None,
     """
     o = overlap_px(cfg, geo.working_mpp)
     core = cfg.tile_size_px - 2 * o
+    if core < 1:
+        raise ConfigError(
+            f"config key 'tiling.overlap_um' ({cfg.overlap_um} um = {o} px at {geo.working_mpp} um/px) "
+            f"leaves no core in a {cfg.tile_size_px} px tile; lower it or raise 'tiling.tile_size_px'"
+        )
     ww, wh = geo.working_dims
     tiles = []
     for iy in range(math.ceil(wh / core)):

@@ -15,6 +15,8 @@ one sample, not the run.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -46,7 +48,7 @@ class Discovery:
 
 
 def check_sample_id(sample_id: str, where: str) -> str:
-    if not _SAFE_ID.match(sample_id or "") or sample_id in (".", ".."):
+    if not _SAFE_ID.fullmatch(sample_id or "") or sample_id in (".", ".."):
         raise UsageError(
             f"{where}: sample_id {sample_id!r} is not allowed; use letters, digits, '.', '_' "
             "and '-' only, starting with a letter or digit (no path separators)"
@@ -84,7 +86,8 @@ def _folder_samples(folder: Path, out: Discovery, recurse: bool = True) -> int:
     found = 0
     if images:
         refs = tuple(SourceRef(str(p.resolve()), p.name, "image") for p in images)
-        out.samples.append(SampleSpec(_sanitize(folder.name), refs, str(folder)))
+        # resolve(): "." or ".." given on the command line still names the folder.
+        out.samples.append(SampleSpec(_sanitize(folder.resolve().name), refs, str(folder)))
         found += 1
     for p in slides:
         out.samples.append(SampleSpec(_sanitize(p.stem), (SourceRef(str(p.resolve()), p.name, "openslide"),), str(p)))
@@ -93,7 +96,7 @@ def _folder_samples(folder: Path, out: Discovery, recurse: bool = True) -> int:
         # A DICOM-WSI is a set of files (one per level); OpenSlide opens the set
         # from any one of them.
         first = dicoms[0]
-        name = folder.name if not (images or slides) else first.stem
+        name = folder.resolve().name if not (images or slides) else first.stem
         out.samples.append(SampleSpec(_sanitize(name), (SourceRef(str(first.resolve()), first.name, "openslide"),), str(folder)))
         found += 1
     if recurse:
@@ -102,31 +105,74 @@ def _folder_samples(folder: Path, out: Discovery, recurse: bool = True) -> int:
     return found
 
 
-def read_manifest(path: Path, out: Discovery) -> None:
+def _parse_manifest(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) for each data row; UsageError for anything malformed."""
     try:
         text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: manifest is not UTF-8 text; save it as UTF-8 CSV") from None
     except OSError as err:
         raise InputError(f"{path}: cannot read manifest: {err.strerror or err}") from None
-    rows = list(csv.DictReader(text.splitlines()))
-    header = [h.strip() for h in (csv.reader(text.splitlines()).__next__() if text.strip() else [])]
-    missing = {"sample_id", "path"} - set(header)
-    if missing:
-        raise UsageError(
-            f"{path}: manifest needs the columns sample_id,path[,mpp]; missing {', '.join(sorted(missing))}"
-        )
-    unknown = set(header) - {"sample_id", "path", "mpp"}
-    if unknown:
-        raise UsageError(f"{path}: unknown manifest column(s) {', '.join(sorted(unknown))}; allowed: sample_id,path,mpp")
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        header = next(reader, [])
+        while header == []:  # leading blank lines
+            header = next(reader, None)
+            if header is None:
+                header = []
+                break
+        header = [h.strip() for h in header]
+        missing = {"sample_id", "path"} - set(header)
+        if missing:
+            raise UsageError(
+                f"{path}: manifest needs the columns sample_id,path[,mpp]; missing {', '.join(sorted(missing))}"
+            )
+        unknown = set(header) - {"sample_id", "path", "mpp"}
+        if unknown:
+            shown = ", ".join(sorted(repr(u)[:40] for u in unknown))
+            raise UsageError(f"{path}: unknown manifest column(s) {shown}; allowed: sample_id,path,mpp")
+        if len(set(header)) != len(header):
+            raise UsageError(f"{path}: a manifest column appears twice in the header")
+        rows = []
+        for values in reader:
+            lineno = reader.line_num
+            if not any(v.strip() for v in values):
+                continue  # blank line
+            if len(values) > len(header):
+                raise UsageError(
+                    f"{path} line {lineno}: {len(values)} fields but the header has {len(header)}; "
+                    "quote paths that hold a comma"
+                )
+            rows.append((lineno, dict(zip(header, values))))
+    except csv.Error as err:
+        raise UsageError(f"{path}: manifest is not valid CSV: {err}") from None
+    return rows
+
+
+def _manifest_kind(file: Path) -> str:
+    try:
+        if file.is_file():
+            return reader_kind_for(file) or "openslide"
+    except (OSError, ValueError):
+        pass
+    # A missing file still makes a sample: opening it later names it in errors.csv.
+    return "openslide" if file.suffix.lower() in (".svs", ".ndpi", ".mrxs", ".scn", ".dcm") else "image"
+
+
+def read_manifest(path: Path, out: Discovery) -> None:
+    rows = _parse_manifest(path)
     by_sample: dict[str, list[SourceRef]] = {}
     seen: set[tuple[str, str]] = set()
     base = path.parent
-    for lineno, row in enumerate(rows, start=2):
+    for lineno, row in rows:
         where = f"{path} line {lineno}"
         sample_id = (row.get("sample_id") or "").strip()
         rel = (row.get("path") or "").strip()
         check_sample_id(sample_id, where)
         if not rel:
             raise UsageError(f"{where}: empty path for sample {sample_id!r}")
+        if "\0" in rel:
+            raise UsageError(f"{where}: path {rel[:60]!r} holds a NUL character")
         mpp_text = (row.get("mpp") or "").strip()
         mpp = None
         if mpp_text:
@@ -134,14 +180,24 @@ def read_manifest(path: Path, out: Discovery) -> None:
                 mpp = float(mpp_text)
             except ValueError:
                 mpp = -1.0
-            if not mpp > 0 or mpp != mpp:
-                raise UsageError(f"{where}: mpp must be a positive number of um per pixel, got {mpp_text!r}")
+            if not (math.isfinite(mpp) and mpp > 0):
+                raise UsageError(f"{where}: mpp must be a positive number of um per pixel, got {mpp_text[:40]!r}")
         if (sample_id, rel) in seen:
-            raise UsageError(f"{where}: sample {sample_id!r} lists {rel!r} twice; remove the duplicate row")
+            raise UsageError(f"{where}: sample {sample_id!r} lists {rel[:200]!r} twice; remove the duplicate row")
         seen.add((sample_id, rel))
         file = Path(rel) if os.path.isabs(rel) else base / rel
-        kind = reader_kind_for(file) if file.is_file() else ("openslide" if file.suffix.lower() in (".svs", ".ndpi", ".mrxs", ".scn", ".dcm") else "image")
-        by_sample.setdefault(sample_id, []).append(SourceRef(str(file.resolve()), rel, kind or "openslide", mpp))
+        if file.is_dir():
+            # A folder row stands for the image fields inside it; they are named
+            # relative to that folder, as when the folder is given as an INPUT.
+            images, _slides, _dicoms = _classify_files(file)
+            if not images:
+                raise UsageError(f"{where}: folder {rel!r} holds no images (jpg, png, tif); list files instead")
+            for img in images:
+                by_sample.setdefault(sample_id, []).append(
+                    SourceRef(os.path.abspath(img), img.name, "image", mpp))
+            continue
+        kind = _manifest_kind(file)
+        by_sample.setdefault(sample_id, []).append(SourceRef(os.path.abspath(file), rel, kind, mpp))
     if not by_sample:
         raise UsageError(f"{path}: manifest lists no samples")
     for sample_id, refs in by_sample.items():

@@ -29,6 +29,10 @@ def to_rgb8(arr: np.ndarray, path: str = "<array>") -> tuple[np.ndarray, list[st
     if arr.ndim == 2:
         arr = arr[..., None]
         notes.append("greyscale -> RGB")
+    elif arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] > 4:
+        # A planar TIFF (one page per channel) decodes channel-first.
+        arr = np.moveaxis(arr, 0, 2)
+        notes.append("planar -> interleaved")
     if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
         raise SourceError(f"{path}: unsupported image shape {arr.shape} (expected HxW, HxWx3 or HxWx4)")
     if arr.dtype != np.uint8:
@@ -125,6 +129,8 @@ class ArrayReader:
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         if level != 0:
             raise SourceError(f"{self.path}: has one level, asked for level {level}")
+        if int(size[0]) < 0 or int(size[1]) < 0:
+            raise SourceError(f"{self.path}: region size must not be negative, got {size}")
         return paste_into_canvas(self._array, int(location[0]), int(location[1]), int(size[0]),
                                  int(size[1]), self.dimensions)
 

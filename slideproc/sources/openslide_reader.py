@@ -88,15 +88,31 @@ class OpenSlideReader:
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         import openslide
 
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            if w < 0 or h < 0:
+                raise SourceError(f"{self.path}: region size must not be negative, got {size}")
+            return np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
+        x, y = int(location[0]), int(location[1])
+        if level > 0 and (x < 0 or y < 0):
+            # Left of or above a downsampled level, OpenSlide floors the offset
+            # (location -4 at downsample 4.016 starts on level pixel 0, not -1):
+            # read the part inside the slide and place it here.
+            d = self.level_downsamples[level]
+            ox, oy = round(max(-x, 0) / d), round(max(-y, 0) / d)
+            out = np.full((h, w, 3), PAD_VALUE, dtype=np.uint8)
+            if ox < w and oy < h:
+                out[oy:, ox:] = self.read_region((max(x, 0), max(y, 0)), level, (w - ox, h - oy))
+            return out
         try:
-            rgba = np.asarray(self._slide.read_region((int(location[0]), int(location[1])), level, size))
+            rgba = np.asarray(self._slide.read_region((x, y), level, (w, h)))
         except openslide.OpenSlideError as err:
             raise SourceError(f"{self.path}: cannot read tiles (corrupt file?): {err}") from None
-        rgb = rgba[..., :3].astype(np.uint16)
-        alpha = rgba[..., 3:4].astype(np.uint16)
-        if alpha.min() == 255:
+        if rgba[..., 3].min() == 255:
             return np.ascontiguousarray(rgba[..., :3])
         # Transparent = outside the scanned area: composite onto white glass.
+        rgb = rgba[..., :3].astype(np.uint16)
+        alpha = rgba[..., 3:4].astype(np.uint16)
         out = (rgb * alpha + PAD_VALUE * (255 - alpha) + 127) // 255
         return out.astype(np.uint8)
 

@@ -14,6 +14,7 @@ of any resolution.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,23 +70,64 @@ class TilingConfig:
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    # Nucleus (or nuclear fragment group) area limits. A platelet is 2-3 um
-    # across (< 7 um2); the smallest lymphocyte nucleus is ~6 um (~28 um2).
+    # Gaussian blur before thresholding (um): evens out JPEG noise and
+    # cytoplasmic granules (~0.5 um) without merging nuclei.
+    smoothing_um: float = 0.4
+    # A pixel is stained (not glass) when its largest channel optical density
+    # exceeds this; glass is ~0, pale cytoplasm ~0.05-0.1.
+    stained_min_od: float = 0.04
+    # Nuclear channel = OD_R - blue_weight * OD_B: nuclei absorb red light,
+    # red cells hardly (OD_R ~0.05); the OD_B term cancels overlapping red
+    # cells. 0.5 keeps violet nuclei (OD_B ~ OD_R) as well as blue ones.
+    blue_weight: float = 0.5
+    # Bounds on the per-source Otsu threshold of the nuclear channel.
+    # Red cells are <= 0.05 and nuclei 0.15-0.6 whatever the stain: the lower
+    # bound stops a nucleus-free tile adapting down to red cells and platelets,
+    # the upper one keeps pale nuclei when a tile is full of dark ones.
+    nuclear_threshold_min: float = 0.08
+    nuclear_threshold_max: float = 0.3
+    # A nucleus peaks at least this far (OD) above the threshold; granule
+    # specks and pale cytoplasm that barely cross it are dropped.
+    min_nuclear_contrast: float = 0.04
+    # Nuclear pieces smaller than this are ignored before grouping (um2):
+    # granules, stain precipitate.
+    min_fragment_area_um2: float = 2.0
+    # Nucleus (all lobes of one cell) area limits. A platelet is 2-3 um
+    # across (< 7 um2); the smallest lymphocyte nucleus is ~6 um (~28 um2),
+    # a pyknotic normoblast nucleus ~4.5 um (~16 um2).
     min_nucleus_area_um2: float = 12.0
-    max_nucleus_area_um2: float = 450.0
-    # Smallest expected nucleus radius (um): the scale of the split between
-    # touching nuclei.
+    max_nucleus_area_um2: float = 800.0
+    # A blob above this (um2; a 16 um round nucleus is 200 um2) is nucleus
+    # plus deep-blue cytoplasm, or several cells: it is thresholded again on
+    # its own pixels (Otsu) when its two levels differ by at least
+    # ``min_refine_contrast`` (OD).
+    max_single_nucleus_area_um2: float = 200.0
+    min_refine_contrast: float = 0.1
+    # ... and only when the darker part keeps at least this fraction of it.
+    min_refine_fraction: float = 0.3
+    # Smallest inscribed radius (um) of a nucleus that may be split from a
+    # touching one; lobes (~1.5 um) never seed a split.
     min_nucleus_radius_um: float = 2.5
-    # Nuclear fragments (lobes) whose gap is smaller than this belong to one cell.
+    # Nuclear fragments (lobes) whose gap is at most this (um), with stained
+    # cytoplasm in between, belong to one cell ...
     lobe_merge_distance_um: float = 3.0
-    # Maximum cell radius, used for cell masks and bounding boxes.
-    max_cell_radius_um: float = 12.5
+    # ... as long as the group spans no more than this (um): a segmented
+    # neutrophil's lobes span ~8-11 um, two neighbouring nuclei more.
+    max_lobed_extent_um: float = 12.0
+    # Cytoplasm kept around the nucleus for the cell mask, box and area (um):
+    # pixels within this distance of the nucleus whose nuclear channel exceeds
+    # ``cytoplasm_min_od`` (bluish-lilac cytoplasm; red cells are <= 0).
+    cytoplasm_um: float = 4.0
+    cytoplasm_min_od: float = 0.02
+    # Reported centre: "cell" (centroid of the cell mask) or "nucleus".
+    centroid: str = "cell"
 
 
 @dataclass(frozen=True)
 class CropConfig:
-    # Field of view around each centroid. The Matek crops are 250 px; their
-    # resolution was estimated from red-cell diameters (see configs/default.yaml).
+    # Field of view around each centroid (um), resampled to the model input.
+    # Matches the Matek crops: 250 px at their resolution, estimated from
+    # red-cell diameters (see configs/default.yaml).
     field_of_view_um: float = 25.0
 
 
@@ -111,14 +153,54 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceRange:
+    """A typical adult range, in percent of nucleated cells, for one class or a group."""
+
+    name: str = ""
+    # Classes summed for the range (PEB + EBO for the erythroid precursors).
+    classes: tuple[str, ...] = ()
+    low_percent: float = 0.0
+    high_percent: float = 100.0
+
+
+# Typical adult marrow (docs/CELLS.md); textbooks and labs differ, so they are
+# configurable and shown as "typical adult" only.
+DEFAULT_REFERENCE_RANGES = (
+    ReferenceRange("blasts", ("BLA",), 0.0, 3.0),
+    ReferenceRange("promyelocytes", ("PMO",), 2.0, 8.0),
+    ReferenceRange("myelocytes", ("MYB",), 10.0, 15.0),
+    ReferenceRange("metamyelocytes", ("MMZ",), 10.0, 15.0),
+    ReferenceRange("band neutrophils", ("NGB",), 10.0, 15.0),
+    ReferenceRange("segmented neutrophils", ("NGS",), 7.0, 30.0),
+    ReferenceRange("eosinophils", ("EOS",), 1.0, 4.0),
+    ReferenceRange("basophils", ("BAS",), 0.0, 1.0),
+    ReferenceRange("monocytes", ("MON",), 0.0, 2.0),
+    ReferenceRange("lymphocytes", ("LYT",), 5.0, 15.0),
+    ReferenceRange("plasma cells", ("PLM",), 0.0, 2.0),
+    ReferenceRange("erythroid precursors", ("PEB", "EBO"), 15.0, 25.0),
+)
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     non_cell_classes: tuple[str, ...] = DEFAULT_NON_CELL
     myeloid_classes: tuple[str, ...] = DEFAULT_MYELOID
     erythroid_classes: tuple[str, ...] = DEFAULT_ERYTHROID
+    # The class whose share is the blast percent.
+    blast_class: str = "BLA"
     # The usual bone-marrow differential counts 500 nucleated cells.
     min_cells: int = 500
     # Cells whose calibrated confidence is below this are listed "needs review".
     review_confidence: float = 0.5
+    # Blast percent at or above this is flagged (>= 20 % defines acute leukaemia, WHO).
+    blast_flag_percent: float = 20.0
+    # Typical adult ranges (percent of nucleated cells), shaded on the charts.
+    reference_ranges: tuple[ReferenceRange, ...] = DEFAULT_REFERENCE_RANGES
+    # Typical adult M:E ratio, about 2:1 to 4:1.
+    me_ratio_low: float = 2.0
+    me_ratio_high: float = 4.0
+    # Example crops per class in the report's gallery (when crops were saved).
+    gallery_per_class: int = 8
 
 
 @dataclass(frozen=True)
@@ -135,21 +217,87 @@ class RunConfig:
 # ----------------------------------------------------------------------------
 # train
 # ----------------------------------------------------------------------------
+WEIGHTS_CHOICES = ("imagenet", "none")  # or a path: notop .h5, or a slideproc MODEL_DIR
+BALANCE_CHOICES = ("class_weight", "sampling", "none")
+OPTIMIZER_CHOICES = ("adamw", "adam", "sgd")
+SCHEDULE_CHOICES = ("cosine", "constant")
+PRECISION_CHOICES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     # InceptionResNetV2 needs >= 75 px; 299 is its native size.
     input_size_px: int = 299
-    weights: str = "imagenet"  # imagenet | none | PATH
+    weights: str = "imagenet"  # imagenet | none | PATH (notop .h5 or a slideproc MODEL_DIR)
     dropout: float = 0.3
+    # Batch-norm momentum of the backbone. Keras' 0.99 averages over ~100
+    # steps: too slow for a network trained from scratch on a few hundred
+    # steps, whose validation then swings between chance and fair. null keeps
+    # the Keras value (right for pretrained weights).
+    bn_momentum: float | None = None
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    # Random horizontal/vertical flips and 90-degree rotations: a smear has no
+    # up or left, so all 8 orientations of a cell are the same cell.
+    flips: bool = True
+    rotate90: bool = True
+    # Scale jitter: zoom factor drawn from [1 - scale, 1 + scale] (<= 0.3).
+    scale: float = 0.1
+    # Shift of the crop centre, as a fraction of the crop edge (<= 0.1).
+    shift: float = 0.05
+    # Brightness: +- this fraction of 255. Contrast: factor in [1 - c, 1 + c].
+    brightness: float = 0.1
+    contrast: float = 0.15
+    # Stain-colour jitter in optical density: per channel, OD * (1 +- stain)
+    # + (+- stain / 2). Smears from other labs differ mostly here.
+    stain: float = 0.1
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     batch_size: int = 32
+    # Epochs of the main phase (the whole network). From pretrained weights a
+    # head phase of ``head_epochs`` on a frozen backbone comes first.
     epochs: int = 10
+    head_epochs: int = 2
     val_fraction: float = 0.2
     min_per_class: int = 1
     seed: int = 0
+    # Imbalance: class_weight (loss weight n / (C * n_c)), sampling (each batch
+    # drawn class-balanced) or none.
+    balance: str = "class_weight"
+    optimizer: str = "adamw"
+    # Peak learning rate of the main phase; head phase uses ``head_learning_rate``.
+    learning_rate: float = 1e-3
+    head_learning_rate: float = 1e-3
+    # Decoupled weight decay (AdamW), or L2-free SGD momentum decay.
+    weight_decay: float = 1e-4
+    # Linear warm-up, in epochs, then ``schedule`` down to 0 at the last epoch.
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"
+    label_smoothing: float = 0.1
+    # Stop when validation macro-F1 has not improved for this many epochs (0 = never).
+    early_stopping_patience: int = 10
+    # Before each validation, recompute batch-norm statistics as the exact mean
+    # over this many training batches (0 = use the running averages).
+    bn_recompute_batches: int = 0
+    # Training batches per epoch; null = one pass over the training split.
+    steps_per_epoch: int | None = None
+    # Threads decoding and augmenting images in parallel with training.
+    workers: int = 2
+    # Wall-clock budget (minutes, whole run). When epochs run slower than the
+    # budget allows, the learning-rate schedule follows time instead, and
+    # training stops when the next epoch would not fit. null = no limit.
+    max_minutes: float | None = None
+    # auto = mixed_float16 on a GPU, float32 on CPU.
+    mixed_precision: str = "auto"
+    # XLA-compile the training step: true, false, or null (Keras decides: on
+    # for TensorFlow and JAX). XLA costs a one-off compile of ~2 min for this
+    # network on a 2-core CPU.
+    jit_compile: bool | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
@@ -163,6 +311,18 @@ class TrainConfig:
 # ----------------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
+
+
+_MAX_INT = 10**18 - 1
+
+
+def _show(value: Any) -> str:
+    """repr for an error message, cut short (a stray YAML block can be huge)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int too long to print
+        return "a number too long to print"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -186,25 +346,36 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is tuple:
         (item_tp, _ellipsis) = typing.get_args(tp)
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a list, got {_show(value)}")
         return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be true or false, got {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be an integer, got {_show(value)}")
+        # Bounded so every later message can print it (Python refuses to print
+        # ints of more than 4300 digits) and no size overflows an array shape.
+        if abs(value) > _MAX_INT:
+            raise ConfigError(f"config key '{key}' is out of range (more than 18 digits)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"config key '{key}' must be a number, got {_show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond 1e308
+            number = math.inf
+        # YAML reads .nan and .inf as floats; NaN passes every "> 0" check.
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {_show(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a string, got {_show(value)}")
         return value
     raise ConfigError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
 
@@ -264,8 +435,19 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"config key '{prefix}.tile_size_px' must be >= 64, got {obj.tile_size_px}")
     elif isinstance(obj, SegmentConfig):
         _positive(obj, prefix, "min_nucleus_area_um2", "max_nucleus_area_um2",
-                  "min_nucleus_radius_um", "max_cell_radius_um")
-        _positive(obj, prefix, "lobe_merge_distance_um", allow_zero=True)
+                  "min_nucleus_radius_um", "max_lobed_extent_um", "nuclear_threshold_max",
+                  "max_single_nucleus_area_um2")
+        _positive(obj, prefix, "lobe_merge_distance_um", "smoothing_um", "stained_min_od",
+                  "nuclear_threshold_min", "min_nuclear_contrast", "min_fragment_area_um2",
+                  "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od", "blue_weight", allow_zero=True)
+        _fraction(obj, prefix, "min_refine_fraction")
+        if obj.centroid not in ("cell", "nucleus"):
+            raise ConfigError(f"config key '{prefix}.centroid' must be cell or nucleus, got {obj.centroid!r}")
+        if obj.nuclear_threshold_min > obj.nuclear_threshold_max:
+            raise ConfigError(
+                f"config key '{prefix}.nuclear_threshold_min' must not exceed "
+                f"'{prefix}.nuclear_threshold_max'"
+            )
         if obj.min_nucleus_area_um2 >= obj.max_nucleus_area_um2:
             raise ConfigError(
                 f"config key '{prefix}.min_nucleus_area_um2' must be below "
@@ -284,8 +466,23 @@ def _validate(obj: Any, prefix: str) -> None:
         _positive(obj, prefix, "workers", "threads_per_worker", "tiles_in_flight_per_worker")
         _positive(obj, prefix, "retries", allow_zero=True)
     elif isinstance(obj, ReportConfig):
-        _positive(obj, prefix, "min_cells", allow_zero=True)
+        _positive(obj, prefix, "min_cells", "gallery_per_class", allow_zero=True)
+        _positive(obj, prefix, "me_ratio_low", "me_ratio_high", allow_zero=True)
         _fraction(obj, prefix, "review_confidence")
+        if not 0.0 <= obj.blast_flag_percent <= 100.0:
+            raise ConfigError(
+                f"config key '{prefix}.blast_flag_percent' must be between 0 and 100, got {obj.blast_flag_percent!r}"
+            )
+        if obj.me_ratio_low > obj.me_ratio_high:
+            raise ConfigError(f"config key '{prefix}.me_ratio_low' must not exceed '{prefix}.me_ratio_high'")
+    elif isinstance(obj, ReferenceRange):
+        if not obj.classes:
+            raise ConfigError(f"config key '{prefix}.classes' must list at least one class")
+        if not 0.0 <= obj.low_percent <= obj.high_percent <= 100.0:
+            raise ConfigError(
+                f"config keys '{prefix}.low_percent' and '{prefix}.high_percent' must satisfy "
+                f"0 <= low <= high <= 100, got {obj.low_percent!r} and {obj.high_percent!r}"
+            )
     elif isinstance(obj, ModelConfig):
         if obj.input_size_px < 75:
             raise ConfigError(
@@ -293,14 +490,41 @@ def _validate(obj: Any, prefix: str) -> None:
                 f"got {obj.input_size_px}"
             )
         _fraction(obj, prefix, "dropout")
+        if not obj.weights.strip():
+            raise ConfigError(f"config key '{prefix}.weights' must be imagenet, none or a path")
+        if obj.bn_momentum is not None and not 0.0 <= obj.bn_momentum < 1.0:
+            raise ConfigError(
+                f"config key '{prefix}.bn_momentum' must be in [0, 1) or null, got {obj.bn_momentum!r}"
+            )
+    elif isinstance(obj, AugmentConfig):
+        _fraction(obj, prefix, "scale", "shift", "brightness", "contrast", "stain")
+        # Beyond these the sampling box leaves the reflect padding (augment.py).
+        if obj.scale > 0.3:
+            raise ConfigError(f"config key '{prefix}.scale' must be <= 0.3, got {obj.scale!r}")
+        if obj.shift > 0.1:
+            raise ConfigError(f"config key '{prefix}.shift' must be <= 0.1, got {obj.shift!r}")
     elif isinstance(obj, TrainingConfig):
-        _positive(obj, prefix, "batch_size", "epochs", "min_per_class")
+        _positive(obj, prefix, "batch_size", "epochs", "min_per_class", "learning_rate",
+                  "head_learning_rate", "workers", "steps_per_epoch", "max_minutes")
+        _positive(obj, prefix, "head_epochs", "weight_decay", "warmup_epochs",
+                  "early_stopping_patience", "bn_recompute_batches", allow_zero=True)
+        _fraction(obj, prefix, "label_smoothing")
         if not 0.0 < obj.val_fraction < 1.0:
             raise ConfigError(f"config key '{prefix}.val_fraction' must be between 0 and 1, got {obj.val_fraction!r}")
+        for name, choices in (("balance", BALANCE_CHOICES), ("optimizer", OPTIMIZER_CHOICES),
+                              ("schedule", SCHEDULE_CHOICES), ("mixed_precision", PRECISION_CHOICES)):
+            value = getattr(obj, name)
+            if value not in choices:
+                raise ConfigError(
+                    f"config key '{prefix}.{name}' must be one of {', '.join(choices)}, got {value!r}"
+                )
     elif isinstance(obj, RunConfig):
         # Overlap must leave a core: a tile all overlap would own no cell.
+        # Tiling rounds the overlap up to whole pixels (tiling.overlap_px).
         overlap_px = obj.tiling.overlap_um / obj.source.working_mpp_um
-        if 2 * overlap_px >= obj.tiling.tile_size_px:
+        if not 2 * overlap_px < obj.tiling.tile_size_px or (
+            2 * math.ceil(overlap_px - 1e-3) >= obj.tiling.tile_size_px
+        ):
             raise ConfigError(
                 f"config key 'tiling.overlap_um' ({obj.tiling.overlap_um} um = {overlap_px:.0f} px at "
                 f"{obj.source.working_mpp_um} um/px) must be less than half of 'tiling.tile_size_px' "
@@ -317,6 +541,8 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (is it a YAML file?)") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -325,6 +551,9 @@ def _read_yaml(path: Path) -> Any:
         if mark is not None:
             line = f" at line {mark.line + 1}"
         raise ConfigError(f"config file {path} is not valid YAML{line}") from None
+    except (ValueError, RecursionError) as err:
+        # e.g. an integer of more than 4300 digits, or nesting too deep to parse
+        raise ConfigError(f"config file {path} cannot be read as YAML: {str(err)[:100]}") from None
 
 
 def config_from_dict(cls: type, data: Any, source: str = "config") -> Any:
@@ -360,8 +589,8 @@ def with_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         node = data
         parts = dotted.split(".")
         for part in parts[:-1]:
-            node = node[part]
-        if parts[-1] not in node:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node:
             raise ConfigError(f"unknown config key '{dotted}'")
         node[parts[-1]] = value
     return config_from_dict(type(config), data)

@@ -78,14 +78,13 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
         if model is not None:
             from .store import zarr_store
 
-            zarr_store.init_store(out_dir, {
-                "slideproc_version": __version__, "run_id": run_id, "class_names": list(model.labels),
-                "model_sha256": model.sha256, "config": to_dict(cfg)})
-            done = zarr_store.completed_samples(out_dir)
             if not resume:
-                for sample_id in sorted(done):
+                for sample_id in sorted(zarr_store.completed_samples(out_dir)):
                     zarr_store.remove_sample(out_dir, sample_id)
-                done = set()
+                    tables.remove_sample_files(out_dir, sample_id)
+            zarr_store.init_store(out_dir, class_names=list(model.labels), run_id=run_id,
+                                  model_sha256=model.sha256, config=to_dict(cfg))
+            done = zarr_store.completed_samples(out_dir)
         else:
             done = set()
         todo = [s for s in found.samples if s.sample_id not in done]
@@ -99,18 +98,21 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
                 "sources": [ref.name for ref in spec.sources],
                 "source_paths": [ref.path for ref in spec.sources],
                 "mpp": [state.geos[i].mpp0 if i in state.geos else None for i in range(len(spec.sources))],
+                # Level-0 (width, height) per source: keeps GeoJSON polygons inside the slide.
+                "source_dimensions": {ref.name: list(state.geos[i].level0_dims)
+                                      for i, ref in enumerate(spec.sources) if i in state.geos},
                 "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
                 "finished": _now(),
                 "run_id": run_id,
             }
             if model is None:
-                tables.write_detect_csv(out_dir, spec.sample_id, table)
+                tables.write_cells_csv(out_dir, spec.sample_id, table)
                 return
             class_index = probs.argmax(axis=1).astype(np.int16) if len(probs) else np.zeros(0, np.int16)
             confidence = probs.max(axis=1).astype(np.float32) if len(probs) else np.zeros(0, np.float32)
             zarr_store.write_sample(out_dir, spec.sample_id, table, class_index, confidence, probs,
                                     list(model.labels), attrs, crops=crops)
-            tables.write_cells_csv(out_dir, spec.sample_id, zarr_store)
+            tables.write_sample_csv(out_dir, spec.sample_id)
 
         results: dict = {}
         dashboard = None
@@ -155,7 +157,7 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             from .report import write_report
 
             write_report(out_dir, cfg)
-        tables.write_json(out_dir / "run.json", run_json)
+        tables.write_run_json(out_dir, run_json)
     for r in failures:
         print(f"slideproc: error: {r.sample_id}: {r.stage}: {r.error}", file=__import__("sys").stderr)
     n_ok = sum(r.status in ("complete", "skipped") for r in results.values())

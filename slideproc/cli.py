@@ -72,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="write a synthetic archive with ground truth")
     s.add_argument("out_dir", type=Path)
     s.add_argument("--samples", type=_positive_int, default=3, help="samples per kind (default 3)")
-    s.add_argument("--cells", type=_positive_int, default=300, help="nucleated cells per sample (default 300)")
+    s.add_argument("--cells", type=_positive_int, default=300,
+                   help="nucleated cells per sample (default 300); with --kind crops, crops in all, balanced over classes")
     s.add_argument("--kind", choices=["slide", "folder", "crops", "both"], default="both",
                    help="slides, image folders, single-cell crops, or slides and folders (default)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--size", type=_size, default=None, help="slide size W[xH] in level-0 pixels")
+    s.add_argument("--size", type=_size, default=None, help="slide size W[xH] in level-0 pixels (default 4096x4096)")
     s.add_argument("--mpp", type=_positive_float, default=0.25, help="level-0 resolution, um/px (default 0.25)")
     s.add_argument("--cells-from", type=Path, default=None,
                    help="cut cells from real single-cell crops in this class-folder directory")
@@ -97,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.set_defaults(func=_cmd_detect)
 
+    s = sub.add_parser("score-detection", help="score detections against a truth.csv (recall, precision, F1)")
+    s.add_argument("out_dir", type=Path, help="a detect/run --out folder (holds cells/<sample_id>.csv)")
+    s.add_argument("truth_csv", type=Path, help="truth.csv (sample_id,source,x,y[,class]) as synth writes it")
+    s.add_argument("--max-distance-um", type=_positive_float, default=4.0,
+                   help="largest centroid distance of a match, um (default 4)")
+    s.add_argument("--mpp", type=_positive_float, default=None,
+                   help="level-0 um/px for sources whose file carries none")
+    s.add_argument("--csv", type=Path, default=None, help="also write the scores to this CSV")
+    s.set_defaults(func=_cmd_score_detection)
+
     s = sub.add_parser("train", help="train the InceptionResNetV2 classifier on class folders")
     s.add_argument("data_dir", type=Path)
     s.add_argument("--out", type=Path, required=True)
@@ -105,16 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive_int, default=None)
     s.add_argument("--input-size", type=_positive_int, default=None)
     s.add_argument("--weights", default=None, help="imagenet | none | PATH")
-    s.add_argument("--val-fraction", type=float, default=None)
-    s.add_argument("--val-dir", type=Path, default=None)
-    s.add_argument("--min-per-class", type=_positive_int, default=None)
+    s.add_argument("--val-fraction", type=float, default=None, help="share of each class held out (0-1)")
+    s.add_argument("--val-dir", type=Path, default=None, help="class-folder validation set (no split)")
+    s.add_argument("--min-per-class", type=_positive_int, default=None,
+                   help="leave out classes with fewer images (reported)")
     s.add_argument("--seed", type=int, default=None)
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="score a model on a class-folder data set")
     s.add_argument("model_dir", type=Path)
     s.add_argument("data_dir", type=Path)
-    s.add_argument("--out", type=Path, default=None)
+    s.add_argument("--out", type=Path, default=None, help="EVAL_DIR (default MODEL_DIR/eval)")
+    s.add_argument("--batch-size", type=_positive_int, default=32)
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("run", help="detect and classify every cell of an archive on Dask")
@@ -130,8 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("report", help="differential counts, plots and GeoJSON from a run's output")
-    s.add_argument("out_dir", type=Path)
-    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("out_dir", type=Path, help="the --out folder of a run (holds results.zarr)")
+    s.add_argument("--config", type=Path, default=None,
+                   help="report settings (the report: section); default: those stored with the run")
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("demo", help="synthesize, train, run and report on a small archive")
@@ -144,7 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
 # commands (each owns its imports)
 # ----------------------------------------------------------------------------
 def _cmd_synth(args) -> int:
-    raise UsageError("synth is not implemented yet")
+    from .synthetic import write_archive
+
+    if args.cells_from is not None and not Path(args.cells_from).is_dir():
+        raise UsageError(f"--cells-from {args.cells_from}: not a folder; give a class-folder directory "
+                         "of single-cell crops (e.g. ../shared/data/real/matek_bm)")
+    s = write_archive(args.out_dir, samples=args.samples, cells=args.cells, kind=args.kind, seed=args.seed,
+                      size=args.size, mpp=args.mpp, cells_from=args.cells_from)
+    parts = []
+    if s["slides"]:
+        parts.append(f"{len(s['slides'])} slide(s) in {Path(s['out_dir']) / 'slides'}")
+    if s["folders"]:
+        parts.append(f"{len(s['folders'])} image folder(s) in {Path(s['out_dir']) / 'folders'} (manifest.csv)")
+    if s["crops"]:
+        parts.append(f"{s['crops']} crop(s) in {Path(s['out_dir']) / 'crops'}")
+    print(f"synth: {'; '.join(parts)}; {s['n_cells']} cells in {s['truth']} ({s['seconds']:.1f} s)")
+    return 0
 
 
 def _load_run_config(args):
@@ -155,6 +184,8 @@ def _load_run_config(args):
 
 
 def _cmd_info(args) -> int:
+    import dataclasses
+
     from .info import describe_source, format_sample
     from .sources.discover import discover
 
@@ -163,7 +194,10 @@ def _cmd_info(args) -> int:
     failed = 0
     blocks = []
     for sample in found.samples:
-        infos = [describe_source(ref, cfg) for ref in sample.sources]
+        # --mpp ranks with a manifest's mpp column (after the file's own metadata).
+        refs = [ref if ref.mpp or not args.mpp else dataclasses.replace(ref, mpp=args.mpp)
+                for ref in sample.sources]
+        infos = [describe_source(ref, cfg) for ref in refs]
         blocks.append(format_sample(sample, infos))
         for info in infos:
             if info.error:
@@ -184,12 +218,42 @@ def _cmd_detect(args) -> int:
                        workers=args.workers, progress=not args.quiet)
 
 
+def _cmd_score_detection(args) -> int:
+    from .detection_eval import score_output
+
+    table = score_output(args.out_dir, args.truth_csv, args.max_distance_um, args.mpp)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    with_floats = table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    print(f"detection scores (match <= {args.max_distance_um:g} um):")
+    print(with_floats)
+    return 0
+
+
 def _cmd_train(args) -> int:
-    raise UsageError("train is not implemented yet")
+    from .config import load_train_config, with_overrides
+
+    cfg = with_overrides(load_train_config(args.config), {
+        "model.input_size_px": args.input_size,
+        "model.weights": args.weights,
+        "training.epochs": args.epochs,
+        "training.batch_size": args.batch_size,
+        "training.val_fraction": args.val_fraction,
+        "training.min_per_class": args.min_per_class,
+        "training.seed": args.seed,
+    })
+    from .train import train  # TensorFlow/Keras load here, not at start-up
+
+    train(args.data_dir, args.out, cfg, val_dir=args.val_dir, verbose=0 if args.quiet else 1)
+    return 0
 
 
 def _cmd_evaluate(args) -> int:
-    raise UsageError("evaluate is not implemented yet")
+    from .evaluate import evaluate  # TensorFlow/Keras load here, not at start-up
+
+    out = args.out if args.out is not None else args.model_dir / "eval"
+    evaluate(args.model_dir, args.data_dir, out, batch_size=args.batch_size)
+    return 0
 
 
 def _cmd_run(args) -> int:
@@ -202,20 +266,49 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    raise UsageError("report is not implemented yet")
+    from .config import load_run_config
+    from .report import write_report
+    from .store.zarr_store import STORE_NAME
+
+    store = Path(args.out_dir) / STORE_NAME
+    if not (store / "zarr.json").is_file():
+        raise UsageError(
+            f"no {STORE_NAME} in {args.out_dir}: give the --out folder of a `slideproc run`, "
+            f"or run `slideproc run INPUT... --model MODEL_DIR --out {args.out_dir}` first"
+        )
+    # Without --config the report uses the settings stored with the run.
+    config = load_run_config(args.config) if args.config is not None else None
+    index = write_report(args.out_dir, config)
+    print(f"report: {index}")
+    return 0
 
 
 def _cmd_demo(args) -> int:
-    raise UsageError("demo is not implemented yet")
+    from .demo import run_demo
+
+    return run_demo(args.out)
 
 
 # ----------------------------------------------------------------------------
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time: main() runs many times in
+    one process (tests, notebooks), and each caller may have swapped stderr."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     root = logging.getLogger("slideproc")
     root.setLevel(level)
     if not any(getattr(h, "_slideproc", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         handler._slideproc = True  # type: ignore[attr-defined]
         root.addHandler(handler)

@@ -89,13 +89,18 @@ class SegmentConfig:
     # A nucleus peaks at least this far (OD) above the threshold; granule
     # specks and pale cytoplasm that barely cross it are dropped.
     min_nuclear_contrast: float = 0.04
+    # Holes in a nucleus up to this area are filled (um2): pale nucleoli and
+    # chromatin gaps (1-4 um); larger enclosed spaces are glass ringed by cells.
+    max_hole_um2: float = 20.0
     # Nuclear pieces smaller than this are ignored before grouping (um2):
     # granules, stain precipitate.
     min_fragment_area_um2: float = 2.0
-    # Nucleus (all lobes of one cell) area limits. A platelet is 2-3 um
-    # across (< 7 um2); the smallest lymphocyte nucleus is ~6 um (~28 um2),
-    # a pyknotic normoblast nucleus ~4.5 um (~16 um2).
-    min_nucleus_area_um2: float = 12.0
+    # Nucleus (all lobes of one cell) area limits (um2). A lone platelet is
+    # 2-3 um across (< 7 um2), a clump of two or three 8-10; the smallest
+    # nuclei stay above 10: a pyknotic normoblast (~4 um, ~12 um2), the
+    # thresholded lobes of a small neutrophil (3-4 x ~3 um2). 800 um2 (~32 um
+    # across) admits a blast whose deep-blue cytoplasm crosses the threshold.
+    min_nucleus_area_um2: float = 10.0
     max_nucleus_area_um2: float = 800.0
     # A blob above this (um2; a 16 um round nucleus is 200 um2) is nucleus
     # plus deep-blue cytoplasm, or several cells: it is thresholded again on
@@ -114,6 +119,10 @@ class SegmentConfig:
     # ... as long as the group spans no more than this (um): a segmented
     # neutrophil's lobes span ~8-11 um, two neighbouring nuclei more.
     max_lobed_extent_um: float = 12.0
+    # A fragment smaller than this (um2) within the merge distance joins its
+    # neighbour whatever the span: granule clumps and platelets lying on a
+    # cell are part of that cell, not cells of their own.
+    satellite_area_um2: float = 10.0
     # Cytoplasm kept around the nucleus for the cell mask, box and area (um):
     # pixels within this distance of the nucleus whose nuclear channel exceeds
     # ``cytoplasm_min_od`` (bluish-lilac cytoplasm; red cells are <= 0).
@@ -126,9 +135,9 @@ class SegmentConfig:
 @dataclass(frozen=True)
 class CropConfig:
     # Field of view around each centroid (um), resampled to the model input.
-    # Matches the Matek crops: 250 px at their resolution, estimated from
-    # red-cell diameters (see configs/default.yaml).
-    field_of_view_um: float = 25.0
+    # Matches the Matek crops: 250 px at ~0.095 um/px, estimated from
+    # red-cell diameters (~80 px = 7.5 um; see configs/default.yaml).
+    field_of_view_um: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -270,7 +279,8 @@ class TrainingConfig:
     balance: str = "class_weight"
     optimizer: str = "adamw"
     # Peak learning rate of the main phase; head phase uses ``head_learning_rate``.
-    learning_rate: float = 1e-3
+    # 10x below the head's, so fine-tuning adjusts ImageNet features, not overwrites them.
+    learning_rate: float = 1e-4
     head_learning_rate: float = 1e-3
     # Decoupled weight decay (AdamW), or L2-free SGD momentum decay.
     weight_decay: float = 1e-4
@@ -279,14 +289,14 @@ class TrainingConfig:
     schedule: str = "cosine"
     label_smoothing: float = 0.1
     # Stop when validation macro-F1 has not improved for this many epochs (0 = never).
-    early_stopping_patience: int = 10
+    early_stopping_patience: int = 5
     # Before each validation, recompute batch-norm statistics as the exact mean
     # over this many training batches (0 = use the running averages).
     bn_recompute_batches: int = 0
     # Training batches per epoch; null = one pass over the training split.
     steps_per_epoch: int | None = None
     # Threads decoding and augmenting images in parallel with training.
-    workers: int = 2
+    workers: int = 4
     # Wall-clock budget (minutes, whole run). When epochs run slower than the
     # budget allows, the learning-rate schedule follows time instead, and
     # training stops when the next epoch would not fit. null = no limit.
@@ -297,6 +307,9 @@ class TrainingConfig:
     # for TensorFlow and JAX). XLA costs a one-off compile of ~2 min for this
     # network on a 2-core CPU.
     jit_compile: bool | None = None
+    # Run training steps eagerly (no graph): starts minutes sooner, each step
+    # is several times slower. For tests and tiny data sets only.
+    run_eagerly: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -435,11 +448,12 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"config key '{prefix}.tile_size_px' must be >= 64, got {obj.tile_size_px}")
     elif isinstance(obj, SegmentConfig):
         _positive(obj, prefix, "min_nucleus_area_um2", "max_nucleus_area_um2",
-                  "min_nucleus_radius_um", "max_lobed_extent_um", "nuclear_threshold_max",
+                  "min_nucleus_radius_um", "max_lobed_extent_um", "nuclear_threshold_max", "max_hole_um2",
                   "max_single_nucleus_area_um2")
         _positive(obj, prefix, "lobe_merge_distance_um", "smoothing_um", "stained_min_od",
                   "nuclear_threshold_min", "min_nuclear_contrast", "min_fragment_area_um2",
-                  "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od", "blue_weight", allow_zero=True)
+                  "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od", "blue_weight",
+                  "satellite_area_um2", allow_zero=True)
         _fraction(obj, prefix, "min_refine_fraction")
         if obj.centroid not in ("cell", "nucleus"):
             raise ConfigError(f"config key '{prefix}.centroid' must be cell or nucleus, got {obj.centroid!r}")

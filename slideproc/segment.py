@@ -1,0 +1,482 @@
+"""Nucleated-cell candidates in one RGB tile of a Romanowsky-type (MGG/Pappenheim) smear.
+
+A pure function of arrays: ``segment_tile(rgb, mpp, cfg)``. Every size is given
+in micrometres and turned into pixels here from ``mpp``, so one config serves
+any resolution.
+
+Method:
+
+1. Stain. Optical density per channel against the glass level (fixed per
+   source by ``estimate_stain``, so every tile is cut alike; brightness does
+   not matter). Nuclear channel = OD_R - 0.5 OD_B: ~0.2-0.6 in purple-blue
+   nuclei, ~0.1-0.2 in platelets and blue cytoplasm, <= 0.05 in pink red
+   cells, which absorb green and blue light, not red.
+2. Threshold. Otsu on the stained pixels' nuclear channel, clamped to
+   ``nuclear_threshold_min/max`` so a source with few nuclei cannot adapt
+   down to red cells. Blobs larger than a nucleus (a blast in deep-blue
+   cytoplasm) are thresholded again on their own pixels when clearly two-level.
+3. Split. Touching nuclei form one blob with a waist: maxima of its distance
+   transform with an inscribed radius >= ``min_nucleus_radius_um`` seed a
+   watershed; splits whose neck is not a waist (a bean-shaped nucleus) are undone.
+4. Group. Lobes of a segmented neutrophil/band/eosinophil are separate pieces
+   a few um apart in one cytoplasm: pieces within ``lobe_merge_distance_um``
+   whose gap is cytoplasm (not glass, not a red cell) are one cell while the
+   group spans <= ``max_lobed_extent_um``; pieces too small to be a nucleus
+   (granule clumps, a platelet lying on a cell) join their neighbour anyway.
+5. Filter and measure. Groups outside [min, max]_nucleus_area_um2 or nowhere
+   ``min_nuclear_contrast`` above the threshold are dropped. The cell mask is
+   the nucleus grown through cytoplasm by <= ``cytoplasm_um`` (nearest
+   nucleus wins between touching cells); it gives the centre, box and area.
+
+Speed: OD by table look-up, one blur, one distance transform with indices
+shared by grouping and cell masks; ~0.2-0.4 s per 1024^2 tile on one core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .config import SegmentConfig
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """Cells of one tile. Coordinates are tile pixels (x right, y down).
+
+    ``labels`` is int32 (h, w): 0 background, i + 1 the cell mask of cell i.
+    ``centroid`` float64 (N, 2) x, y of the nucleus (all lobes together);
+    ``bbox`` int64 (N, 4) x0, y0, x1, y1 of the cell mask (x1, y1 exclusive);
+    ``area_um2`` float64 (N,) area of the cell mask; ``nucleus_area_um2`` (N,).
+    """
+
+    labels: np.ndarray
+    centroid: np.ndarray
+    bbox: np.ndarray
+    area_um2: np.ndarray
+    nucleus_area_um2: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.area_um2)
+
+
+@dataclass(frozen=True)
+class Stain:
+    """What segmentation adapts to, fixed per source so that every tile of a
+    slide is cut the same way (results then do not depend on the tile size).
+
+    ``glass``: RGB level of blank glass (OD reference); ``threshold``: the
+    nuclear-channel threshold.
+    """
+
+    glass: tuple[float, float, float]
+    threshold: float
+
+
+def _empty(shape: tuple[int, int]) -> SegmentResult:
+    return SegmentResult(
+        labels=np.zeros(shape, np.int32),
+        centroid=np.zeros((0, 2), np.float64),
+        bbox=np.zeros((0, 4), np.int64),
+        area_um2=np.zeros(0, np.float64),
+        nucleus_area_um2=np.zeros(0, np.float64),
+    )
+
+
+# ----------------------------------------------------------------------------
+# stain
+# ----------------------------------------------------------------------------
+def glass_level(rgb: np.ndarray) -> tuple[float, float, float]:
+    """RGB of blank glass: the 99th percentile per channel.
+
+    A field with no glass (dense) gets its brightest pixels: OD is then
+    relative, which the adaptive threshold absorbs. Dim illumination still
+    has glass well above 60/255; below that the guess is floored.
+    """
+    flat = np.asarray(rgb).reshape(-1, 3)
+    step = max(1, flat.shape[0] // 65536)  # a sample is enough for a percentile
+    glass = np.maximum(np.percentile(flat[::step], 99.0, axis=0), 60.0)
+    return (float(glass[0]), float(glass[1]), float(glass[2]))
+
+
+def stain_channels(rgb: np.ndarray, glass, cfg: SegmentConfig, mpp: float) -> tuple[np.ndarray, np.ndarray]:
+    """(nuclear channel, stained mask) of a uint8 tile, as segmentation sees them.
+
+    OD comes from a 256-entry table per channel (no per-pixel logarithm) and
+    only the nuclear channel is blurred (``smoothing_um``): a tile costs a few
+    table look-ups and one filter.
+
+    Nuclear channel = OD_R - blue_weight * OD_B. Red light is what a nucleus
+    absorbs and a red cell passes (OD_R ~0.5 vs ~0.05); subtracting part of
+    OD_B cancels the red cells' tail where two overlap and keeps violet nuclei,
+    whose OD_B may match their OD_R.
+    """
+    glass = np.asarray(glass, np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    lut = np.clip(np.log10((glass[:, None] + 1.0) / (levels[None, :] + 1.0)), 0.0, None).astype(np.float32)
+    rgb = np.asarray(rgb, dtype=np.uint8)
+    nuc = lut[0][rgb[..., 0]]
+    nuc -= cfg.blue_weight * lut[2][rgb[..., 2]]
+    sigma = cfg.smoothing_um / mpp
+    if sigma > 0.3:
+        nuc = ndimage.gaussian_filter(nuc, sigma, mode="nearest", truncate=3.0)
+    # Stained: any channel's OD above stained_min_od, i.e. darker than the
+    # glass by that factor: an integer comparison per channel.
+    cut = np.floor((glass + 1.0) / 10.0 ** cfg.stained_min_od - 1.0)
+    stained = (rgb[..., 0] < cut[0]) | (rgb[..., 1] < cut[1]) | (rgb[..., 2] < cut[2])
+    return nuc, stained
+
+
+def nuclear_threshold(nuc: np.ndarray, stained: np.ndarray, cfg: SegmentConfig) -> float:
+    """Otsu on the stained pixels' nuclear channel, clamped to the configured bounds."""
+    from skimage.filters import threshold_otsu
+
+    values = nuc[stained]
+    if values.size < 64:
+        return cfg.nuclear_threshold_max
+    step = max(1, values.size // 200_000)
+    values = values[::step]
+    if float(values.max() - values.min()) < 1e-6:
+        return cfg.nuclear_threshold_max
+    t = float(threshold_otsu(values))
+    return float(min(max(t, cfg.nuclear_threshold_min), cfg.nuclear_threshold_max))
+
+
+# ----------------------------------------------------------------------------
+# split and group
+# ----------------------------------------------------------------------------
+def _refine_large(mask: np.ndarray, nuc: np.ndarray, t: float, cfg: SegmentConfig, mpp: float) -> np.ndarray:
+    """Re-threshold blobs larger than ``max_single_nucleus_area_um2`` with Otsu on
+    their own pixels, twice at most: deep-blue cytoplasm crosses the tile
+    threshold, but the nucleus inside it is darker still."""
+    from skimage.filters import threshold_otsu
+
+    big_px = cfg.max_single_nucleus_area_um2 / (mpp * mpp)
+    hole_px = cfg.max_hole_um2 / (mpp * mpp)
+    keep_px = cfg.min_nucleus_area_um2 / (mpp * mpp)
+    for _ in range(2):
+        labels, n = ndimage.label(mask)
+        if n == 0:
+            return mask
+        sizes = np.bincount(labels.ravel())
+        big = np.flatnonzero(sizes > big_px)
+        big = big[big > 0]
+        if big.size == 0:
+            return mask
+        changed = False
+        slices = ndimage.find_objects(labels)
+        for i in big:
+            sl = slices[i - 1]
+            comp = labels[sl] == i
+            vals = nuc[sl][comp]
+            tl = float(threshold_otsu(vals))
+            # Only a real two-level blob (nucleus clearly darker) is cut again.
+            hi, lo = vals[vals > tl], vals[vals <= tl]
+            if hi.size == 0 or lo.size == 0 or hi.mean() - lo.mean() < cfg.min_refine_contrast:
+                continue
+            inner = comp & (nuc[sl] > tl)
+            inner = ndimage.binary_opening(inner, structure=_disk(0.5 / mpp))
+            inner = _fill_small_holes(inner, hole_px)
+            # Chromatin clumps alone are not a nucleus: the cut must keep a
+            # nucleus-sized share of the blob (N:C of 0.3 or more).
+            if inner.sum() < max(keep_px, cfg.min_refine_fraction * comp.sum()):
+                continue
+            sub = mask[sl]
+            sub[comp] = inner[comp]
+            changed = True
+        if not changed:
+            return mask
+    return mask
+
+
+def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
+    """Fill holes up to ``max_px`` (pale nucleoli, chromatin gaps). Larger
+    enclosed spaces are glass or red cells ringed by cells: filling those would
+    make a blob that depends on how far the tile reaches, so they stay open.
+    A hole is a background component (4-connected) not touching the border."""
+    lab, n = ndimage.label(~mask)
+    if n <= 1:
+        return mask
+    small = np.bincount(lab.ravel(), minlength=n + 1) <= max_px
+    small[0] = False
+    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    small[border] = False
+    return mask | small[lab]
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(0, int(round(radius_px)))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (xx * xx + yy * yy) <= r * r + 0.25
+
+
+def _split_touching(mask: np.ndarray, r_min_px: float) -> np.ndarray:
+    """Label image of ``mask`` with touching round nuclei split by a distance watershed."""
+    from skimage.segmentation import watershed
+
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return labels
+    out = np.zeros_like(labels)
+    next_label = 1
+    slices = ndimage.find_objects(labels)
+    pad = 2
+    for i, sl in enumerate(slices, start=1):
+        if sl is None:
+            continue
+        y0, x0 = max(sl[0].start - pad, 0), max(sl[1].start - pad, 0)
+        y1, x1 = min(sl[0].stop + pad, mask.shape[0]), min(sl[1].stop + pad, mask.shape[1])
+        comp = labels[y0:y1, x0:x1] == i
+        h, w = comp.shape
+        # Only a blob wider than two nuclei can hold two of them.
+        if max(h, w) < 4 * r_min_px:
+            out[y0:y1, x0:x1][comp] = next_label
+            next_label += 1
+            continue
+        dist = ndimage.distance_transform_edt(comp)
+        size = max(3, int(2 * r_min_px) | 1)
+        peaks = (dist == ndimage.maximum_filter(dist, size=size)) & (dist >= r_min_px)
+        # Plateaus give several adjacent peak pixels: one marker per plateau.
+        markers, n_markers = ndimage.label(peaks, structure=np.ones((3, 3)))
+        if n_markers <= 1:
+            out[y0:y1, x0:x1][comp] = next_label
+            next_label += 1
+            continue
+        ws = watershed(-dist, markers, mask=comp)
+        ws = _merge_wide_necks(ws, dist, n_markers)
+        for k in np.unique(ws[comp]):
+            out[y0:y1, x0:x1][ws == k] = next_label
+            next_label += 1
+    return out
+
+
+def _merge_wide_necks(ws: np.ndarray, dist: np.ndarray, n: int) -> np.ndarray:
+    """Undo splits whose shared border is not a waist (kidney-shaped or folded nuclei).
+
+    Two nuclei touching leave a neck narrower than ~70 % of the smaller one's
+    inscribed radius; a single bean-shaped nucleus does not narrow that much.
+    """
+    peak = ndimage.maximum(dist, ws, index=np.arange(1, n + 1))
+    parent = list(range(n + 1))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    # Neck half-width between each pair of touching regions: the largest
+    # distance value on their shared border.
+    necks: dict[tuple[int, int], float] = {}
+    for axis in (0, 1):
+        a = ws.take(np.arange(ws.shape[axis] - 1), axis=axis)
+        b = ws.take(np.arange(1, ws.shape[axis]), axis=axis)
+        da = dist.take(np.arange(dist.shape[axis] - 1), axis=axis)
+        db = dist.take(np.arange(1, dist.shape[axis]), axis=axis)
+        sel = (a != b) & (a > 0) & (b > 0)
+        for la, lb, v in zip(a[sel], b[sel], np.minimum(da[sel], db[sel])):
+            key = (min(la, lb), max(la, lb))
+            if v > necks.get(key, 0.0):
+                necks[key] = float(v)
+    for (la, lb), neck in necks.items():
+        if neck >= 0.7 * min(peak[la - 1], peak[lb - 1]):
+            ra, rb = find(la), find(lb)
+            if ra != rb:
+                parent[rb] = ra
+    lut = np.array([find(i) for i in range(n + 1)], dtype=ws.dtype)
+    return lut[ws]
+
+
+def _group_lobes(frag: np.ndarray, nearest: np.ndarray, dist: np.ndarray, cytoplasm: np.ndarray,
+                 cfg: SegmentConfig, mpp: float) -> np.ndarray:
+    """Fragment -> cell look-up table: fragments that share one cytoplasm are one cell.
+
+    ``nearest``/``dist``: for each pixel, the closest fragment and its distance.
+    """
+    n = int(frag.max())
+    lut_identity = np.arange(n + 1, dtype=np.int32)
+    if n <= 1 or cfg.lobe_merge_distance_um <= 0:
+        return lut_identity
+    half_gap = cfg.lobe_merge_distance_um / 2.0 / mpp
+    # Each fragment grown by half the merge distance, through cytoplasm only:
+    # the gap between lobes must be cytoplasm, not glass or a red cell.
+    grown = np.where((dist <= half_gap) & (cytoplasm | (frag > 0)), nearest, 0)
+    pairs: set[tuple[int, int]] = set()
+    for axis in (0, 1):
+        a = grown.take(np.arange(grown.shape[axis] - 1), axis=axis)
+        b = grown.take(np.arange(1, grown.shape[axis]), axis=axis)
+        sel = (a != b) & (a > 0) & (b > 0)
+        if sel.any():
+            lo = np.minimum(a[sel], b[sel]).astype(np.int64)
+            hi = np.maximum(a[sel], b[sel]).astype(np.int64)
+            for code in np.unique(lo * (n + 1) + hi).tolist():
+                pairs.add((code // (n + 1), code % (n + 1)))
+    if not pairs:
+        return lut_identity
+    slices = ndimage.find_objects(frag)
+    box = {i + 1: [s[1].start, s[0].start, s[1].stop, s[0].stop] for i, s in enumerate(slices) if s is not None}
+    area = np.bincount(frag.ravel(), minlength=n + 1)
+    parent = list(range(n + 1))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    max_extent = cfg.max_lobed_extent_um / mpp
+    max_area = cfg.max_nucleus_area_um2 / (mpp * mpp)
+    satellite = cfg.satellite_area_um2 / (mpp * mpp)
+    # Closest pairs first: lobes of one cell are nearer each other than a
+    # neighbour's nucleus is. Ties broken by label pair, so the order (and
+    # the result) does not depend on anything outside the two fragments.
+    cy, cx = _centroids(frag, n)
+    order = sorted(pairs, key=lambda p: ((cx[p[0]] - cx[p[1]]) ** 2 + (cy[p[0]] - cy[p[1]]) ** 2, p))
+    for la, lb in order:
+        ra, rb = find(la), find(lb)
+        if ra == rb:
+            continue
+        ba, bb = box[ra], box[rb]
+        u = [min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])]
+        # A piece too small to be a nucleus (a granule clump, a pinched-off
+        # lobe, a platelet lying on the cell) joins its neighbour whatever
+        # the span; two nucleus-sized pieces only while they span one cell.
+        small = min(area[ra], area[rb]) < satellite
+        if (not small and max(u[2] - u[0], u[3] - u[1]) > max_extent) or area[ra] + area[rb] > max_area:
+            continue
+        parent[rb] = ra
+        box[ra] = u
+        area[ra] += area[rb]
+    return np.array([find(i) for i in range(n + 1)], dtype=np.int32)
+
+
+def _centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cy, cx) per label 0..n (pixel-centre convention); 0 for empty labels."""
+    flat = labels.ravel()
+    fg = np.flatnonzero(flat)
+    lab = flat[fg]
+    w = labels.shape[1]
+    cnt = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    sy = np.bincount(lab, weights=(fg // w).astype(np.float64), minlength=n + 1)
+    sx = np.bincount(lab, weights=(fg % w).astype(np.float64), minlength=n + 1)
+    cnt[cnt == 0] = 1
+    return sy[: n + 1] / cnt[: n + 1], sx[: n + 1] / cnt[: n + 1]
+
+
+# ----------------------------------------------------------------------------
+# the tile
+# ----------------------------------------------------------------------------
+def estimate_stain(rgbs: list[np.ndarray], mpp: float, cfg: SegmentConfig) -> Stain:
+    """Glass level and nuclear threshold pooled over sample patches of one source."""
+    if not rgbs:
+        return Stain((255.0, 255.0, 255.0), cfg.nuclear_threshold_max)
+    pooled = np.concatenate([np.asarray(r).reshape(-1, 3) for r in rgbs])
+    glass = glass_level(pooled)
+    nucs, stains = [], []
+    for r in rgbs:
+        nuc, stained = stain_channels(r, glass, cfg, mpp)
+        nucs.append(nuc.ravel())
+        stains.append(stained.ravel())
+    t = nuclear_threshold(np.concatenate(nucs), np.concatenate(stains), cfg)
+    return Stain(glass, t)
+
+
+def segment_tile(rgb: np.ndarray, mpp: float, cfg: SegmentConfig | None = None,
+                 stain: Stain | None = None) -> SegmentResult:
+    """Candidate nucleated cells of one uint8 (h, w, 3) RGB tile at ``mpp`` um/px.
+
+    ``stain`` fixes the glass level and threshold (per source, see
+    :func:`estimate_stain`); without it both adapt to this tile alone.
+    """
+    cfg = cfg or SegmentConfig()
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"segment_tile needs an (h, w, 3) RGB array, got shape {rgb.shape}")
+    shape = rgb.shape[:2]
+    if min(shape) < 2:
+        return _empty(shape)
+    px_area = mpp * mpp
+
+    # 1. stain; a light blur (0.4 um) evens out JPEG noise and granules.
+    nuc, stained = stain_channels(rgb, stain.glass if stain else glass_level(rgb), cfg, mpp)
+
+    # 2. threshold; opening drops strands thinner than ~1 um and specks.
+    t = stain.threshold if stain else nuclear_threshold(nuc, stained, cfg)
+    mask = nuc > t
+    if not mask.any():
+        return _empty(shape)
+    mask = ndimage.binary_opening(mask, structure=_disk(0.5 / mpp))
+    mask = _fill_small_holes(mask, cfg.max_hole_um2 / px_area)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return _empty(shape)
+    keep = np.bincount(labels.ravel()) >= cfg.min_fragment_area_um2 / px_area
+    keep[0] = False
+    mask = keep[labels]
+
+    # Blobs too big for one nucleus hold dark nuclei in blue cytoplasm (blasts,
+    # plasma cells, proerythroblasts): cut them again at their own level.
+    mask = _refine_large(mask, nuc, t, cfg, mpp)
+
+    # 3. split touching nuclei.
+    frag = _split_touching(mask, cfg.min_nucleus_radius_um / mpp)
+    # One distance transform serves lobe grouping and the cell masks: the
+    # distance of every pixel to the nearest fragment, and which one it is.
+    dist, (iy, ix) = ndimage.distance_transform_edt(frag == 0, return_indices=True)
+    nearest = frag[iy, ix]
+    del iy, ix
+    # 4. group lobes into cells. Lobes share cytoplasm: stained and
+    # bluish-lilac, neither glass nor a red cell (platelets lie on those).
+    cytoplasm = stained & (nuc > cfg.cytoplasm_min_od)
+    group = _group_lobes(frag, nearest, dist, cytoplasm, cfg, mpp)  # fragment -> cell lut
+
+    # Drop groups outside the nucleus size window (platelets, debris; sheets
+    # too big to be one nucleus) and groups that are nowhere clearly darker
+    # than the threshold (granule specks, pale cytoplasm); number the rest 1..N.
+    cells = group[frag]
+    m = int(group.max())
+    flat = cells.ravel()
+    fg = np.flatnonzero(flat)
+    nuc_area = np.bincount(flat[fg], minlength=m + 1) * px_area
+    peak = np.full(m + 1, -np.inf, np.float32)
+    np.maximum.at(peak, flat[fg], nuc.ravel()[fg])
+    ok = (nuc_area >= cfg.min_nucleus_area_um2) & (nuc_area <= cfg.max_nucleus_area_um2)
+    ok &= peak >= t + cfg.min_nuclear_contrast
+    ok[0] = False
+    n = int(ok.sum())
+    if n == 0:
+        return _empty(shape)
+    renum = np.zeros(m + 1, np.int32)
+    renum[ok] = np.arange(1, n + 1, dtype=np.int32)
+    frag_to_cell = renum[group]
+    cells = frag_to_cell[frag]
+    nuc_area = nuc_area[ok]
+
+    # Cell mask: the nucleus grown through cytoplasm by at most cytoplasm_um;
+    # touching cells share the gap (nearest nucleus wins).
+    body = np.where((dist <= cfg.cytoplasm_um / mpp) & cytoplasm, frag_to_cell[nearest], 0).astype(np.int32)
+    body = np.where(cells > 0, cells, body)
+    # Keep only the part connected to its own nucleus (not stray islands).
+    body = _connected_to_seed(body, cells)
+    area = np.bincount(body.ravel(), minlength=n + 1)[1:] * px_area
+    # The centre of the cell, not of its nucleus: an eccentric nucleus
+    # (plasma cell, myelocyte) lies 3-5 um off the cell's centre.
+    cy, cx = _centroids(body if cfg.centroid == "cell" else cells, n)
+    centroid = np.stack([cx[1:], cy[1:]], axis=1)
+    slices = ndimage.find_objects(body, max_label=n)
+    bbox = np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in slices], dtype=np.int64)
+    return SegmentResult(labels=body, centroid=centroid, bbox=bbox, area_um2=area.astype(np.float64),
+                         nucleus_area_um2=nuc_area.astype(np.float64))
+
+
+def _connected_to_seed(body: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Zero the parts of each body label not 4-connected to its seed pixels."""
+    comp, _ = ndimage.label(body > 0)
+    # A component is kept for the label whose seed it contains.
+    good = np.bincount(comp[seeds > 0], minlength=int(comp.max()) + 1) > 0
+    good[0] = False
+    out = body.copy()
+    out[~good[comp]] = 0
+    return out

@@ -1,0 +1,123 @@
+"""segment_tile on hand-drawn fields (exact truth) and on real Matek crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slideproc.config import SegmentConfig
+from slideproc.segment import SegmentResult, segment_tile
+from smear import demo_field, render
+
+
+def _near(result: SegmentResult, mpp: float, truth, tol_um: float) -> list[int]:
+    """For each truth cell, how many detections lie within tol_um."""
+    c = result.centroid * mpp
+    return [int(np.sum(np.hypot(c[:, 0] - x, c[:, 1] - y) <= tol_um)) for x, y, *_ in truth]
+
+
+def test_each_nucleated_cell_found_once_red_cells_and_platelets_never():
+    img, cells = demo_field(0.5)
+    res = segment_tile(img, 0.5, SegmentConfig())
+    assert len(res) == len(cells), res.centroid * 0.5
+    assert _near(res, 0.5, cells, 2.0) == [1] * len(cells)
+
+
+def test_result_fields_are_consistent():
+    img, cells = demo_field(0.5)
+    res = segment_tile(img, 0.5)
+    n = len(res)
+    assert res.labels.shape == img.shape[:2] and res.labels.dtype == np.int32
+    assert set(np.unique(res.labels)) == set(range(n + 1))
+    assert res.bbox.shape == (n, 4) and res.centroid.shape == (n, 2)
+    for i, (x0, y0, x1, y1) in enumerate(res.bbox):
+        cx, cy = res.centroid[i]
+        assert x0 <= cx < x1 and y0 <= cy < y1
+        ys, xs = np.nonzero(res.labels == i + 1)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+    # Areas in um2: a lymphocyte (9 um cell) is ~64 um2 whatever the resolution.
+    assert np.all(res.area_um2 >= res.nucleus_area_um2)
+    assert np.all((res.area_um2 > 20) & (res.area_um2 < 400))
+
+
+def test_touching_cells_are_split():
+    # Two lymphocytes whose cytoplasm touches and a third pressed against them.
+    cells = [(20.0, 20.0, "lym"), (28.5, 20.0, "lym"), (24.0, 27.5, "lym")]
+    img = render(50, 50, 0.5, cells)
+    res = segment_tile(img, 0.5)
+    assert len(res) == 3
+    assert _near(res, 0.5, cells, 2.0) == [1, 1, 1]
+
+
+def test_segmented_neutrophil_lobes_are_one_cell():
+    cells = [(15.0, 15.0, "ngs"), (40.0, 16.0, "ngs")]
+    img = render(60, 32, 0.5, cells, rbcs=[(24.0, 20.0)])
+    res = segment_tile(img, 0.5)
+    assert len(res) == 2
+    assert _near(res, 0.5, cells, 2.0) == [1, 1]
+
+
+@pytest.mark.parametrize("kind", ["glass", "red_cells", "dark_grey", "black"])
+def test_no_cells_no_detections(kind):
+    rng = np.random.default_rng(3)
+    if kind == "glass":
+        img = render(80, 80, 0.5)
+    elif kind == "red_cells":
+        # Red cells overlapping at random; lone platelets (a clump of several
+        # can reach a small nucleus's area: see the README's known limits).
+        pts = rng.uniform(5, 75, size=(60, 2))
+        plts = [(x, y) for x in (10.0, 30.0, 50.0, 70.0) for y in (12.0, 40.0, 68.0)]
+        img = render(80, 80, 0.5, rbcs=map(tuple, pts), platelets=plts)
+    elif kind == "dark_grey":
+        img = np.full((160, 160, 3), 90, np.uint8)
+    else:
+        img = np.zeros((160, 160, 3), np.uint8)
+    assert len(segment_tile(img, 0.5)) == 0
+
+
+def test_degenerate_inputs():
+    assert len(segment_tile(np.zeros((1, 1, 3), np.uint8), 0.5)) == 0
+    with pytest.raises(ValueError):
+        segment_tile(np.zeros((10, 10), np.uint8), 0.5)
+
+
+@pytest.mark.parametrize("stain,brightness", [(0.6, 1.0), (1.4, 1.0), (1.0, 0.7), (0.75, 0.8)])
+def test_robust_to_stain_and_brightness(stain, brightness):
+    img, cells = demo_field(0.5, stain=stain, brightness=brightness)
+    res = segment_tile(img, 0.5)
+    assert _near(res, 0.5, cells, 2.5) == [1] * len(cells)
+    assert len(res) == len(cells)
+
+
+@pytest.mark.parametrize("mpp", [0.25, 0.5, 0.8])
+def test_sizes_are_physical_not_pixels(mpp):
+    img, cells = demo_field(mpp)
+    res = segment_tile(img, mpp)
+    assert _near(res, mpp, cells, 2.0) == [1] * len(cells)
+    assert len(res) == len(cells)
+
+
+def test_size_limits_follow_config():
+    img, cells = demo_field(0.5)
+    # A minimum above every nucleus here (the blast's ~100 um2 is the largest).
+    res = segment_tile(img, 0.5, SegmentConfig(min_nucleus_area_um2=300.0))
+    assert len(res) == 0
+
+
+def test_real_matek_crops_every_class(matek_dir):
+    """Each crop is a field centred on one cell: a detection lies within 5 um of
+    the centre. A few crops per class here; the full set runs in the slow suite."""
+    from PIL import Image
+
+    mpp = 0.095  # configs/default.yaml: crops.field_of_view_um (24 um) / 250 px
+    hits, total = 0, 0
+    for cls_dir in sorted(p for p in matek_dir.iterdir() if p.is_dir()):
+        for f in sorted(cls_dir.glob("*.jpg"))[:4]:
+            img = np.asarray(Image.open(f).convert("RGB"))
+            res = segment_tile(img, mpp)
+            c = res.centroid
+            d = np.hypot(c[:, 0] - 124.5, c[:, 1] - 124.5) * mpp if len(res) else np.array([np.inf])
+            hits += bool(d.min() <= 5.0)
+            total += 1
+    assert total >= 14 * 1
+    assert hits / total >= 0.85, f"{hits}/{total} Matek crops have a detection within 5 um of the centre"

@@ -328,3 +328,89 @@ def test_matek_resolution_from_red_cells(matek_dir):
     mpp, n, median_px = estimate_mpp(matek_dir)
     assert n >= 20 and 0.085 < mpp < 0.105
     assert mpp == pytest.approx(MATEK_MPP, abs=0.002)
+
+
+def _nuclear_blobs(img: np.ndarray, alpha: np.ndarray, white: np.ndarray, min_px: int = 1500) -> int:
+    """Nucleus-sized (>= ~13 um2 at the Matek 0.094 um/px) dense bluish blobs in a cut-out pasted
+    on white glass: what a detector would take for a nucleus."""
+    from scipy import ndimage
+
+    od = -np.log(np.clip(img.astype(np.float32) / white, 1e-3, 1.0)) * alpha[..., None]
+    pasted = 245.0 * np.exp(-od)
+    dark = ((pasted[..., 2] - pasted[..., 0]) > 45) & (od.sum(axis=2) > 1.0)
+    lab, n = ndimage.label(ndimage.binary_opening(dark, iterations=2))
+    sizes = np.bincount(lab.ravel())[1:]
+    return int((sizes >= min_px).sum())
+
+
+def test_real_cut_keeps_only_the_central_nucleus():
+    """A neighbour's nucleus cut by the crop border, touching the central cell, is not cut out
+    with it, and the cut-out fades to nothing before the crop border (no straight edges)."""
+    from slideproc.synthetic.from_real import _segment_central
+
+    yy, xx = np.mgrid[:250, :250]
+    img = np.empty((250, 250, 3), np.float32)
+    img[:] = (232, 226, 230)                                           # glass
+    img[np.hypot(yy - 200, xx - 200) < 38] = (222, 160, 170)           # a red cell
+    img[np.hypot(yy - 95, xx - 125) < 100] = (150, 172, 222)           # central cytoplasm, cut at the top
+    img[np.hypot(yy - 125, xx + 5) < 60] = (150, 172, 222)             # neighbour's, cut by the border
+    img[np.hypot(yy - 125, xx - 130) < 40] = (95, 55, 150)             # central nucleus
+    img[np.hypot(yy - 120, xx + 10) < 42] = (95, 55, 150)              # neighbour's nucleus at the border
+    img = np.clip(img + np.random.default_rng(0).normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    alpha, nuc, white = _segment_central(img)
+    from scipy import ndimage
+    assert ndimage.label(nuc)[1] == 1
+    cy, cx = ndimage.center_of_mass(nuc)
+    assert abs(cy - 125) < 3 and abs(cx - 130) < 3
+    assert _nuclear_blobs(img, alpha, white) == 1
+    assert alpha[:, :20].max() < 0.05                                  # neighbour dropped
+    assert alpha[:8].max() == alpha[-8:].max() == alpha[:, -8:].max() == 0
+    # the cytoplasm cut by the top border is rounded off, not pasted with the border's straight edge
+    top = int(np.argmax((alpha > 0.5).any(axis=1)))
+    assert (alpha[top] > 0.5).sum() < 40 and (alpha[top + 5] > 0.5).sum() < 80
+    # a neighbour's nucleus that touches the central one and runs out of the crop cannot be told
+    # apart from it: such a crop is passed over, not pasted as one cell with two nuclei
+    img2 = img.copy()
+    img2[np.hypot(yy - 215, xx - 215) < 95] = (95, 55, 150)
+    assert _segment_central(img2) is None
+    assert _segment_central(img2, strict=False) is not None
+
+
+def test_real_cuts_have_one_nucleus(matek_dir):
+    """Real mononuclear crops: the cut-out holds one nuclear blob; a cell cut by the crop border
+    (the reported BLA_00254, a blast filling its crop) is passed over."""
+    from slideproc.synthetic.from_real import _segment_central
+
+    def load(p):
+        return np.asarray(Image.open(p).convert("RGB"))
+
+    bad = matek_dir / "BLA" / "BLA_00254.jpg"
+    if bad.exists():
+        assert _segment_central(load(bad)) is None
+    used = 0
+    for cls in ("BLA", "LYT", "MON"):
+        for p in sorted((matek_dir / cls).glob("*.jpg"))[:6]:
+            seg = _segment_central(load(p))
+            if seg is None:
+                continue
+            alpha, nuc, white = seg
+            assert _nuclear_blobs(load(p), alpha, white) == 1, p.name
+            assert alpha[:3].max() == alpha[-3:].max() == alpha[:, :3].max() == alpha[:, -3:].max() == 0
+            used += 1
+    assert used >= 10
+
+
+def test_folder_fields_make_room_for_large_real_cells():
+    """Real cut-outs larger than procedural cells are spread over more fields instead of failing
+    ("could not place 75 cells in a 1024x768 px image")."""
+    from slideproc.synthetic.samples import folder_sample
+
+    class LargeCells:  # a bank handing out 32-um cells (radius 16 um)
+        classes = ["BLA", "LYT"]
+
+        def pick(self, cls, rng):
+            return None, 16.0, (0.0, 0.0), 5.0, -1
+
+    s = folder_sample(0, 0, 0.25, 300, real_bank=LargeCells())
+    assert len(s.scenes) > 4 and sum(len(sc.cells) for _, sc in s.scenes) == 300
+    assert [name for name, _ in s.scenes] == [f"field_{f:03d}.png" for f in range(len(s.scenes))]

@@ -30,8 +30,14 @@ RBC_UM = 7.5
 FEATHER_UM = 0.6
 
 
-def _segment_central(img: np.ndarray):
-    """(alpha, nucleus mask, white) of the cell at the crop centre of an RGB uint8 image."""
+def _disk(r: int) -> np.ndarray:
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def _segment_central(img: np.ndarray, strict: bool = True):
+    """(alpha, nucleus mask, white) of the cell at the crop centre of an RGB uint8 image; None
+    if there is none, or (``strict``) its nucleus is cut by the crop border."""
     from skimage.filters import threshold_otsu
     from skimage.segmentation import watershed
 
@@ -82,26 +88,58 @@ def _segment_central(img: np.ndarray):
     region = watershed(-ndimage.distance_transform_edt(cellish), markers, mask=cellish | bg) == 1
     region &= cellish
     nuc = region & np.isin(lab, central)
+    if not nuc.any():  # the central nucleus lost to a neighbour's watershed basin
+        return None
+    # The threshold leaves the pale chromatin of an open nucleus as holes and may run out along
+    # a dense strand of cytoplasm: close, fill and open it, so its centroid (the truth point)
+    # is that of the whole nucleus.
+    solid = ndimage.binary_opening(ndimage.binary_fill_holes(ndimage.binary_closing(nuc, _disk(4))), _disk(6))
+    if solid.sum() > 0.5 * nuc.sum():
+        nuc = solid & cellish
     # Cytoplasm reaches at most ~2x the nuclear radius beyond the nucleus; this stops the
     # region leaking into a lilac plasma background.
     ny, nx = ndimage.center_of_mass(nuc)
     rn = np.sqrt(nuc.sum() / np.pi)
     yy, xx = np.ogrid[:h, :w]
     region &= np.hypot(yy - ny, xx - nx) < min(max(2.0 * rn, 0.24 * h), 0.45 * h)
-    region = ndimage.binary_opening(region, iterations=2) | nuc
+    # Nuclear blobs that are not the central cell's (neighbours cut by the crop border, or
+    # touching it) and their surroundings are no part of the cut-out: each would paste as a
+    # second "nucleus" next to the true one.
+    others = nucleus & ~np.isin(lab, central)
+    region &= ~ndimage.binary_dilation(others, iterations=3)
+    # A cut-out whose own nucleus is cut by the crop border (a large cell filling the crop, or
+    # its nucleus merged with a neighbour's that runs out of the crop) cannot be pasted whole.
+    # (The openings above keep masks ~3 px off the border: "at the border" is within 8 px.)
+    edge = np.zeros((h, w), bool)
+    edge[:8, :] = edge[-8:, :] = edge[:, :8] = edge[:, -8:] = True
+    if strict and (nuc & edge).sum() > 20:
+        return None
+    # Thin strands and slivers of neighbouring cytoplasm go; what stays is the piece holding the
+    # nucleus, holes filled.
+    disk = _disk(6)
+    region = ndimage.binary_opening(region, structure=disk) | nuc
     lab_r, n_r = ndimage.label(region)
     if n_r > 1:  # keep the piece holding the nucleus
         keep = np.bincount(lab_r[nuc], minlength=n_r + 1)
         keep[0] = 0
         region = lab_r == int(np.argmax(keep))
     region = ndimage.binary_fill_holes(region)
-    alpha = ndimage.gaussian_filter(region.astype(np.float32), 1.5)
-    alpha[~ndimage.binary_dilation(region, iterations=4)] = 0
-    # A cell cut by the crop border would show a straight edge: fade it out over the last
-    # 8 px (~0.75 um) instead.
+    # Cytoplasm cut by the crop border would paste with a straight edge: round it off with a
+    # disc around the nucleus that stops short of the border, then smooth the outline.
+    ny, nx = ndimage.center_of_mass(nuc)
     yy, xx = np.mgrid[:h, :w]
-    border = np.minimum(np.minimum(yy, h - 1 - yy), np.minimum(xx, w - 1 - xx)).astype(np.float32)
-    alpha *= np.clip(border / 8.0, 0.0, 1.0)
+    rr = np.hypot(yy - ny, xx - nx)
+    cut = region & ndimage.binary_dilation(edge, iterations=6)  # the openings keep it a few px off
+    if cut.any():
+        region &= rr < float(rr[cut].min()) - 6.0
+        region |= nuc
+    region = ndimage.binary_closing(region, structure=disk) | nuc
+    region = ndimage.binary_opening(region, structure=disk) | nuc
+    region = ndimage.binary_fill_holes(region)
+    feather = 2.5  # px at the crop's ~0.094 um/px: a soft ~0.5 um rim
+    alpha = ndimage.gaussian_filter(region.astype(np.float32), feather)
+    alpha[~ndimage.binary_dilation(region, iterations=8)] = 0
+    alpha[:3, :] = alpha[-3:, :] = alpha[:, :3] = alpha[:, -3:] = 0
     return alpha, nuc, white
 
 
@@ -161,15 +199,16 @@ class RealCellBank:
                              "--cells-from expects DIR/<CLASS>/<image>")
         return cls(files, source_mpp)
 
-    def _cut(self, path: Path, cls: str) -> int:
-        hit = self._by_path.get(path)
+    def _cut(self, path: Path, cls: str, strict: bool = True) -> int:
+        key = path if strict else (path, False)
+        hit = self._by_path.get(key)
         if hit is not None:
             return hit
         try:
             img = np.asarray(Image.open(path).convert("RGB"))
         except OSError as err:
             raise InputError(f"{path}: cannot read this image ({err}); remove it from the class folder") from None
-        seg = _segment_central(img)
+        seg = _segment_central(img, strict)
         if seg is None:
             idx = -1
         else:
@@ -187,7 +226,7 @@ class RealCellBank:
             self.cuts.append((od.astype(np.float32), anchor, cls, radius_px,
                               (nx + 0.5 - anchor[1], ny + 0.5 - anchor[0]), nr))
             idx = len(self.cuts) - 1
-        self._by_path[path] = idx
+        self._by_path[key] = idx
         return idx
 
     def pick(self, cls: str, rng: np.random.Generator):
@@ -197,8 +236,11 @@ class RealCellBank:
         files = self.files[cls]
         order = rng.permutation(len(files))
         theta, flip = float(rng.uniform(0, 2 * np.pi)), bool(rng.random() < 0.5)
-        for j in order[:20]:
-            cut = self._cut(files[j], cls)
+        # Crops whose cell is cut by the crop border are passed over; a class with none whole
+        # in its first 20 crops (a class of one or two large cells) takes them as they are.
+        tries = [(j, True) for j in order[:20]] + [(j, False) for j in order[:20]]
+        for j, strict in tries:
+            cut = self._cut(files[j], cls, strict)
             if cut >= 0:
                 _od, _a, _c, rad, (dx, dy), nr = self.cuts[cut]
                 A = self._transform(theta, flip)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UsageError
 from .background import Background, Smear
 from .recipes import make_cell
 from .composition import SAMPLE_TYPES, counts, proportions
@@ -77,6 +78,20 @@ def folder_sample(seed: int, index: int, mpp: float, n_cells: int, field_size=FI
     w, h = field_size
     scale = (0.25 / mpp) ** 2  # fields hold as many cells per um2 at any mpp
     n_fields = max(1, math.ceil(n_cells / max(1, int(CELLS_PER_FIELD / scale))))
+    # Cells that do not fit (real cut-outs are larger than procedural cells, or a small field
+    # size) are spread over more fields: a field that places fine is unchanged by this.
+    for attempt in range(8):
+        try:
+            scenes = _fields(sseed, classes, n_fields, w, h, mpp, stain, real_bank)
+            break
+        except UsageError:
+            if attempt == 7 or n_fields >= len(classes):
+                raise
+            n_fields = min(len(classes), math.ceil(n_fields * 1.5))
+    return Sample(sid, "folder", stype, scenes)
+
+
+def _fields(sseed, classes, n_fields, w, h, mpp, stain, real_bank) -> list:
     scenes = []
     for f in range(n_fields):
         part = classes[f::n_fields]
@@ -84,7 +99,7 @@ def folder_sample(seed: int, index: int, mpp: float, n_cells: int, field_size=FI
         cells = place_cells(np.random.default_rng(fseed), part, w, h, mpp, None, fseed,
                             models=_models(real_bank, fseed))
         scenes.append((f"field_{f:03d}.png", Scene(w, h, mpp, fseed, cells, None, stain, real_bank=real_bank)))
-    return Sample(sid, "folder", stype, scenes)
+    return scenes
 
 
 def crop(seed: int, cls: str, k: int, fov_um: float = CROP_FOV_UM, size_px: int = 250, background=None,

@@ -1,0 +1,340 @@
+"""``slideproc train``: fit the InceptionResNetV2 classifier on class folders.
+
+From pretrained weights, two phases: the head on a frozen backbone (its batch
+norms stay in inference mode, so the ImageNet statistics are kept), then the
+whole network at a lower learning rate. From ``--weights none`` one phase
+trains everything. Each epoch is one ``fit`` call followed by a validation
+pass; the epoch with the best validation macro-F1 is kept (macro-F1, not
+accuracy: with 29,424 NGS against 8 ABE, accuracy rewards ignoring the rare
+classes). A temperature fitted on the validation split calibrates the
+probabilities the engine reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .classify.calibration import apply_temperature, fit_temperature
+from .classify.loading import LABELS_FILE, MODEL_FILE, LoadedModel, write_sha256
+from .classify.model import BACKBONE, build_classifier, initial_model, resolve_weights
+from .classify.predict import Predictor, resolve_precision
+from .config import TrainConfig, dump_yaml, to_dict
+from .datasets import ImageSet, load_train_val
+from .errors import DataError
+from .metrics import classification_metrics
+from .pipeline import TrainingBatches, iter_crops
+
+log = logging.getLogger("slideproc.train")
+
+HISTORY_FIELDS = ("epoch", "phase", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy",
+                  "val_balanced_accuracy", "val_macro_f1", "seconds")
+
+
+def learning_rate_at(progress: float, peak: float, warmup: float, kind: str) -> float:
+    """Rate at ``progress`` (0-1) through a phase: linear warm-up over the first
+    ``warmup`` share, then cosine to 0 at the end (or constant).
+
+    Warm-up matters from scratch: the first Adam steps on random batch-norm
+    statistics are the largest and least informed.
+    """
+    if warmup > 0 and progress < warmup:
+        return peak * progress / warmup
+    if kind == "constant":
+        return peak
+    t = min(1.0, (progress - warmup) / max(1e-9, 1.0 - warmup))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class _Clock:
+    """How far through a phase training is: by epochs, or by the time budget
+    when that runs out first.
+
+    On a shared machine an epoch may take three times as long as planned; a
+    schedule on epochs alone would then be cut off at a high learning rate.
+    With ``max_minutes`` the rate decays on whichever is further along, and
+    training stops when the next epoch would not fit, so it always ends on a
+    decayed rate. (The run is then reproducible only up to the epoch count.)
+    """
+
+    def __init__(self, n_epochs: int, deadline: float | None):
+        self.n_epochs = n_epochs
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.durations: list[float] = []
+        self.start = time.monotonic()
+
+    def _epoch_seconds(self) -> float | None:
+        # The first epoch includes compiling the step (minutes with XLA): skip it.
+        timed = self.durations[1:]
+        return float(np.median(timed[-3:])) if timed else None
+
+    def progress(self, epoch: int) -> float:
+        """Progress at the middle of ``epoch`` (0-based)."""
+        p = (epoch + 0.5) / self.n_epochs
+        d = self._epoch_seconds()
+        if self.deadline is not None and d is not None:
+            now = time.monotonic()
+            p = max(p, (now - self.start + d / 2) / max(1.0, self.deadline - self.start))
+        return min(p, 1.0)
+
+    def out_of_time(self) -> bool:
+        d = self._epoch_seconds() or (self.durations[-1] if self.durations else 0.0)
+        return self.deadline is not None and time.monotonic() + d > self.deadline
+
+
+def _optimizer(cfg, rate: float):
+    """The optimizer; its rate is set before every epoch (a variable, so on any backend)."""
+    t = cfg.training
+    if t.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=t.weight_decay or None)
+    if t.optimizer == "adam":
+        return keras.optimizers.Adam(rate)
+    opt = keras.optimizers.AdamW(rate, weight_decay=t.weight_decay)
+    # Decay shrinks weights towards 0; for biases and batch-norm offsets that
+    # is a bias, not a regulariser.
+    opt.exclude_from_weight_decay(var_names=["bias", "beta"])
+    return opt
+
+
+def recompute_bn_statistics(model: keras.Model, batches) -> int:
+    """Set every backbone batch norm's moving statistics to the mean over ``batches``.
+
+    A network trained from scratch changes faster than a 0.99 running average
+    follows; evaluating with statistics of the current weights removes the
+    epoch-to-epoch swings of validation accuracy. Momentum (k-1)/k at the k-th
+    batch makes the running average an exact mean. Eager calls read the
+    momentum attribute afresh; compiled training steps keep theirs.
+    """
+    bns = [layer for layer in model.get_layer(BACKBONE).layers
+           if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    saved = [layer.momentum for layer in bns]
+    k = 0
+    try:
+        for x in batches:
+            k += 1
+            for layer in bns:
+                layer.momentum = (k - 1) / k
+            model(x, training=True)
+    finally:
+        for layer, m in zip(bns, saved):
+            layer.momentum = m
+    return k
+
+
+def _val_row(y: np.ndarray, probs: np.ndarray, classes) -> dict:
+    m = classification_metrics(y, probs, classes)
+    return {"val_loss": m["log_loss"], "val_accuracy": m["top1_accuracy"],
+            "val_balanced_accuracy": m["balanced_accuracy"], "val_macro_f1": m["macro_f1"]}
+
+
+class _History:
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        with open(self.path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, HISTORY_FIELDS)
+            w.writeheader()
+            for r in self.rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def _check_sizes(train: ImageSet, val: ImageSet, batch_size: int) -> None:
+    if len(train) < batch_size:
+        raise DataError(
+            f"only {len(train)} training images for a batch of {batch_size}; lower --batch-size or add images"
+        )
+
+
+def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | None = None,
+          verbose: int = 1) -> dict:
+    """Train on DATA_DIR, write MODEL_DIR (out_dir); return metrics.json's content."""
+    start = time.monotonic()
+    t, m = cfg.training, cfg.model
+    weights = resolve_weights(m.weights)
+    train_set, val_set, left_out = load_train_val(Path(data_dir), val_fraction=t.val_fraction,
+                                                  min_per_class=t.min_per_class, seed=t.seed, val_dir=val_dir)
+    _check_sizes(train_set, val_set, t.batch_size)
+    classes = train_set.classes
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_split(out_dir / "split.csv", train_set, val_set)
+
+    keras.utils.set_random_seed(t.seed)
+    precision = resolve_precision(t.mixed_precision)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        model = initial_model(list(classes), m.input_size_px, weights, dropout=m.dropout,
+                              bn_momentum=m.bn_momentum)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    log.info("input %d px, %s, backend %s", m.input_size_px, precision, keras.backend.backend())
+
+    batches = TrainingBatches(train_set, m.input_size_px, t.batch_size, seed=t.seed, augment_cfg=t.augment,
+                              balance=t.balance, steps=t.steps_per_epoch, workers=t.workers)
+    plain = TrainingBatches(train_set, m.input_size_px, t.batch_size, seed=t.seed + 1, augment_cfg=None,
+                            balance="none", workers=t.workers)
+    val_model = LoadedModel(model=model, labels=classes, sha256="(training)", input_size_px=m.input_size_px,
+                            temperature=1.0, path=out_dir)
+    predictor = Predictor(val_model, batch_size=t.batch_size, mixed_precision="float32")
+
+    def validate() -> np.ndarray:
+        out = [predictor.predict_raw(x) for x in iter_crops(val_set.paths, m.input_size_px, t.batch_size,
+                                                            t.workers)]
+        return np.concatenate(out)
+
+    phases = []
+    if weights.pretrained and t.head_epochs > 0:
+        phases.append(("head", t.head_epochs, t.head_learning_rate, False))
+    phases.append(("finetune" if weights.pretrained else "train", t.epochs, t.learning_rate, True))
+
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing)
+    history = _History(out_dir / "history.csv")
+    best = {"macro_f1": -1.0, "epoch": 0, "weights": None, "probs": None}
+    epoch, since_best, stopped = 0, 0, ""
+    # Keep a minute for saving (a 220 MB model.keras, its digest) and calibration.
+    deadline = (start + 60 * max(t.max_minutes - 1.0, t.max_minutes / 2)
+                if t.max_minutes is not None else None)
+    for phase, n_epochs, peak, backbone_trainable in phases:
+        model.get_layer(BACKBONE).trainable = backbone_trainable
+        steps = len(batches)
+        warmup = min(1.0, t.warmup_epochs / n_epochs)
+        model.compile(optimizer=_optimizer(cfg, learning_rate_at(0.5 / n_epochs, peak, warmup, t.schedule)),
+                      loss=loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                      jit_compile="auto" if t.jit_compile is None else t.jit_compile,
+                      run_eagerly=t.run_eagerly)
+        clock = _Clock(n_epochs, deadline if backbone_trainable else None)
+        log.info("phase %s: %d epochs x %d steps, peak learning rate %g, backbone %s", phase, n_epochs, steps,
+                 peak, "trainable" if backbone_trainable else "frozen")
+        for phase_epoch in range(n_epochs):
+            tick = time.monotonic()
+            rate = learning_rate_at(clock.progress(phase_epoch), peak, warmup, t.schedule)
+            model.optimizer.learning_rate = rate
+            batches.set_epoch(epoch)
+            fit = model.fit(batches, epochs=1, verbose=verbose if verbose else 0)
+            if backbone_trainable and t.bn_recompute_batches:
+                plain.set_epoch(epoch)
+                recompute_bn_statistics(model, (plain[i][0] for i in range(min(t.bn_recompute_batches,
+                                                                                   len(plain)))))
+            probs = validate()
+            row = {"epoch": epoch + 1, "phase": phase, "learning_rate": rate,
+                   "loss": float(fit.history["loss"][-1]), "accuracy": float(fit.history["accuracy"][-1]),
+                   **_val_row(val_set.labels, probs, classes), "seconds": time.monotonic() - tick}
+            clock.durations.append(row["seconds"])
+            history.add(row)
+            epoch += 1
+            improved = row["val_macro_f1"] > best["macro_f1"]
+            if improved:
+                best.update(macro_f1=row["val_macro_f1"], epoch=epoch, weights=model.get_weights(), probs=probs)
+                since_best = 0
+            else:
+                since_best += 1
+            log.info("epoch %d (%s): loss %.3f, val accuracy %.3f, balanced %.3f, macro-F1 %.3f%s [%.0f s]",
+                     epoch, phase, row["loss"], row["val_accuracy"], row["val_balanced_accuracy"],
+                     row["val_macro_f1"], " *best*" if improved else "", row["seconds"])
+            if phase_epoch + 1 < n_epochs and clock.out_of_time():
+                stopped = (f"time budget: another epoch would pass max_minutes {t.max_minutes} "
+                           f"(at {(time.monotonic() - start) / 60:.1f} min)")
+            elif t.early_stopping_patience and backbone_trainable and since_best >= t.early_stopping_patience:
+                stopped = f"early stopping: no better macro-F1 for {since_best} epochs"
+            if stopped:
+                break
+        if stopped:
+            log.info("stopped: %s", stopped)
+            break
+
+    model.set_weights(best["weights"])
+    temperature = fit_temperature(best["probs"], val_set.labels)
+    calibrated = apply_temperature(best["probs"], temperature)
+    log.info("best epoch %d (val macro-F1 %.3f); temperature %.3f", best["epoch"], best["macro_f1"], temperature)
+    sha = _save_model(model, out_dir, cfg, len(classes))
+    info = {"labels": list(classes), "input_size_px": m.input_size_px, "temperature": temperature,
+            "architecture": "InceptionResNetV2", "dropout": m.dropout,
+            "preprocessing": "uint8 RGB resized to input_size_px (PIL bilinear), then x / 127.5 - 1 "
+                             "inside the model (CropPreprocess layer)",
+            "calibration": f"temperature scaling fitted on the validation split (n={len(val_set)})",
+            "weights": weights.describe(), "model_sha256": sha}
+    (out_dir / LABELS_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    dump_yaml(cfg, out_dir / "config.yaml")
+
+    uncal = classification_metrics(val_set.labels, best["probs"], classes)
+    metrics = {
+        "weights": weights.describe(),
+        "pretrained": weights.pretrained,
+        "architecture": "InceptionResNetV2",
+        "input_size_px": m.input_size_px,
+        "classes": list(classes),
+        "left_out_classes": left_out,
+        "min_per_class": t.min_per_class,
+        "data_dir": str(data_dir),
+        "val_dir": str(val_dir) if val_dir else None,
+        "n_train": len(train_set),
+        "n_val": len(val_set),
+        "train_counts": train_set.counts(),
+        "val_counts": val_set.counts(),
+        "best_epoch": best["epoch"],
+        "epochs_run": epoch,
+        "stopped": stopped or "completed all epochs",
+        "train_minutes": round((time.monotonic() - start) / 60, 2),
+        "temperature": temperature,
+        "model_sha256": sha,
+        "backend": keras.backend.backend(),
+        "precision": precision,
+        "versions": {"keras": keras.__version__, "python": platform.python_version(), "numpy": np.__version__},
+        # Wall time means little without the machine's load: record both.
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
+        "seed": t.seed,
+        "validation": {
+            "note": "validation split at the best epoch, probabilities calibrated with the temperature fitted "
+                    "on this same split (so ece here is optimistic; evaluate on other data for an honest one)",
+            **classification_metrics(val_set.labels, calibrated, classes),
+        },
+        "validation_uncalibrated": {"log_loss": uncal["log_loss"], "ece": uncal["ece"]},
+        "config": to_dict(cfg),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    v = metrics["validation"]
+    log.info("validation: top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f (%s); wrote %s in %.1f min",
+             v["top1_accuracy"], v["balanced_accuracy"], v["macro_f1"], v["ece"], weights.describe(), out_dir,
+             metrics["train_minutes"])
+    return metrics
+
+
+def _write_split(path: Path, train_set: ImageSet, val_set: ImageSet) -> None:
+    """Which image went where, so the validation figures can be reproduced with evaluate."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "class", "subset"])
+        for subset_name, data in (("train", train_set), ("val", val_set)):
+            for p, y in zip(data.paths, data.labels):
+                w.writerow([str(p), data.classes[y], subset_name])
+
+
+def _save_model(model: keras.Model, out_dir: Path, cfg: TrainConfig, n_classes: int) -> str:
+    """model.keras (float32, no optimizer) written atomically, and model.sha256."""
+    m = cfg.model
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        clean = build_classifier(n_classes, m.input_size_px, dropout=m.dropout, bn_momentum=m.bn_momentum)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clean.set_weights(model.get_weights())
+    final = out_dir / MODEL_FILE
+    tmp = out_dir / f".{MODEL_FILE}.{os.getpid()}.tmp.keras"
+    clean.save(tmp)
+    os.replace(tmp, final)
+    return write_sha256(final)

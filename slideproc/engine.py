@@ -33,7 +33,7 @@ import pandas as pd
 from . import __version__
 from .cluster import GPU, has_gpu_workers, open_client, worker_summary
 from .config import RunConfig, to_dict
-from .errors import SlideprocError
+from .errors import MissingMppError, SlideprocError, SourceError, StoreError
 from .schema import DETECT_COLUMNS
 from .sources.discover import SampleSpec, discover
 from .tasks import classify_task, crop_px_for, crop_task, detect_task, plan_task
@@ -64,6 +64,8 @@ class SampleResult:
     path: str = ""
     classify_workers: list[str] = field(default_factory=list)
     crop_bytes: int = 0
+    # Unreadable images left out of an image-folder sample: {"source", "path", "error"}.
+    skipped_sources: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class _Sample:
     futures: set = field(default_factory=set)
     crop_px: int = 0
     failed: tuple[str, str] | None = None
+    skipped: list = field(default_factory=list)  # dicts for SampleResult.skipped_sources
     workers: set = field(default_factory=set)
     crop_bytes: int = 0
 
@@ -96,7 +99,7 @@ class _Sample:
 
 def read_model_info(model_dir: str | Path) -> ModelInfo:
     """Labels, digest and input size from MODEL_DIR without importing Keras."""
-    from .classify.loading import LABELS_FILE, MODEL_FILE, _expected_digest, _read_labels
+    from .classify.loading import LABELS_FILE, MODEL_FILE, _expected_digest, _read_labels, check_archive
     from .errors import ModelError
 
     model_dir = Path(model_dir)
@@ -108,7 +111,36 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
     size = info.get("input_size_px") or info.get("input_size")
     if not isinstance(size, int) or size < 75:
         raise ModelError(f"{model_dir / LABELS_FILE}: key 'input_size_px' must be an integer >= 75")
+    # Refuse a bad model before OUT_DIR is touched, not once per sample on the
+    # workers: custom code (safe loading only), and a labels.json that does not
+    # describe this model.keras (read from its config.json, without Keras).
+    check_archive(model_dir / MODEL_FILE)
+    in_px, n_out = _archive_shape(model_dir / MODEL_FILE)
+    if n_out is not None and n_out != len(info["labels"]):
+        raise ModelError(f"{model_dir / LABELS_FILE} lists {len(info['labels'])} labels but "
+                         f"{model_dir / MODEL_FILE} has {n_out} outputs; use the labels.json written with this model")
+    if in_px is not None and in_px != size:
+        raise ModelError(f"{model_dir / LABELS_FILE} says input_size_px {size} but {model_dir / MODEL_FILE} "
+                         f"takes {in_px} px inputs; use the labels.json written with this model")
     return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), _expected_digest(model_dir), size)
+
+
+def _archive_shape(model_file: Path) -> tuple[int | None, int | None]:
+    """(input edge px, output units) of a functional .keras archive; None where unknown."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(model_file) as zf:
+            cfg = json.loads(zf.read("config.json"))["config"]
+        layers = {layer["name"]: layer for layer in cfg["layers"]}
+        ins, outs = cfg["input_layers"], cfg["output_layers"]
+        ins, outs = (ins[0] if isinstance(ins[0], list) else ins), (outs[0] if isinstance(outs[0], list) else outs)
+        shape = layers[ins[0]]["config"].get("batch_shape") or [None, None]
+        units = layers[outs[0]]["config"].get("units")
+        return (shape[1] if isinstance(shape[1], int) else None), (units if isinstance(units, int) else None)
+    except (OSError, zipfile.BadZipFile, KeyError, IndexError, TypeError, ValueError):
+        return None, None  # not a plain functional model: the worker's full load checks it
 
 
 class _Progress:
@@ -201,7 +233,13 @@ class Engine:
             for i, ref in enumerate(spec.sources):
                 self._submit(state, "plan", plan_task, ref, self.cfg, source=i)
         for fut in self.ac:
-            kind, state, extra = self.meta.pop(fut.key)
+            entry = self.meta.pop(fut.key, None)
+            if entry is None:
+                # A future of a sample that has failed meanwhile (_fail dropped its
+                # meta): it may still be queued in as_completed, or finish cancelled.
+                self._fill()
+                continue
+            kind, state, extra = entry
             state.futures.discard(fut)
             if kind == "tile":
                 self.tiles_in_flight -= 1
@@ -211,12 +249,15 @@ class Engine:
                 try:
                     value = fut.result()
                 except Exception as err:  # noqa: BLE001 - any task error fails the sample only
-                    self._fail(state, kind, err)
+                    if not (kind == "plan" and self._skip_source(state, err, **extra)):
+                        self._fail(state, kind, err)
                 else:
                     try:
                         getattr(self, f"_on_{kind}")(state, value, **extra)
                     except Exception as err:  # noqa: BLE001
-                        self._fail(state, "write" if kind == "classify" else kind, err)
+                        # _finish (and so the store write) runs from any kind's handler.
+                        stage = "write" if kind == "classify" or isinstance(err, StoreError) else kind
+                        self._fail(state, stage, err)
             self._fill()
         self.progress.close()
         return self.results
@@ -245,6 +286,26 @@ class Engine:
             px = crop_px_for(geo.mpp0, self.cfg.crops.field_of_view_um, self.model.input_size_px)
             state.crop_px = max(state.crop_px, px)
         self._advance(state)
+
+    def _skip_source(self, state: _Sample, err: BaseException, source: int) -> bool:
+        """Leave an unreadable image out of an image-folder sample, if others remain.
+
+        A folder of fields is many independent images: one corrupt JPEG must not
+        cost the other fields. A slide, a file without mpp (every field of that
+        folder lacks it too) or the last readable image still fails the sample.
+        """
+        refs = state.spec.sources
+        if (len(refs) < 2 or any(r.reader != "image" for r in refs)
+                or not isinstance(err, SourceError) or isinstance(err, MissingMppError)
+                or len(state.skipped) + 1 >= len(refs)):
+            return False
+        ref = refs[source]
+        state.skipped.append({"source": ref.name, "path": ref.path, "error": one_line(err)})
+        state.n_tiles[source] = 0
+        state.plans_pending -= 1
+        log.info("%s: skipped %s: %s", state.spec.sample_id, ref.name, one_line(err))
+        self._advance(state)
+        return True
 
     def _on_tile(self, state: _Sample, cells: pd.DataFrame, source: int, tile: int) -> None:
         state.tile_frames[(source, tile)] = cells
@@ -301,7 +362,8 @@ class Engine:
         resources = {GPU: 1} if self.gpu else None
         self.batches_in_flight += 1
         self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, crop_futs,
-                     self.cfg.classify.batch_size, resources=resources, batch=index)
+                     self.cfg.classify.batch_size, self.cfg.classify.mixed_precision,
+                     resources=resources, batch=index)
         if self.save_crops:
             state.crops[index] = crop_futs
 
@@ -335,7 +397,8 @@ class Engine:
         self.progress.samples_done += 1
         self.results[state.spec.sample_id] = SampleResult(
             state.spec.sample_id, "complete", n_cells=len(cells), seconds=time.time() - state.started,
-            path=state.spec.origin, classify_workers=sorted(state.workers), crop_bytes=state.crop_bytes)
+            path=state.spec.origin, classify_workers=sorted(state.workers), crop_bytes=state.crop_bytes,
+            skipped_sources=list(state.skipped))
         log.info("%s: %d cells in %.1f s", state.spec.sample_id, len(cells), time.time() - state.started)
 
     def _fail(self, state: _Sample, stage: str, err: BaseException) -> None:
@@ -352,8 +415,10 @@ class Engine:
         self.progress.samples_done += 1
         self.results[state.spec.sample_id] = SampleResult(
             state.spec.sample_id, "failed", stage=stage, error=message, path=state.spec.origin,
-            seconds=time.time() - state.started)
-        log.error("%s: failed at %s: %s", state.spec.sample_id, stage, message)
+            seconds=time.time() - state.started, skipped_sources=list(state.skipped))
+        # INFO, not ERROR: the runner prints each failure once, as the run's one
+        # error line per failure (with -q that line is all the user sees).
+        log.info("%s: failed at %s: %s", state.spec.sample_id, stage, message)
         self.tiles_in_flight = sum(1 for k, s, _ in self.meta.values() if k == "tile")
         self.batches_in_flight = sum(1 for k, s, _ in self.meta.values() if k == "classify")
 

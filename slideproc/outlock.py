@@ -11,16 +11,22 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import StoreError, UsageError
 
 LOCK_NAME = ".slideproc.lock"
 
 
 @contextmanager
 def exclusive_out_dir(out_dir: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder; choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise StoreError(f"cannot create {path}: {err.strerror or err}; choose another --out, "
+                         "or free disk space / fix the folder's permissions") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -29,8 +35,11 @@ def exclusive_out_dir(out_dir: Path):
                 f"{out_dir} is in use by another slideproc process (lock {path}); wait for it to "
                 "finish or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:
+            pass  # the pid is for people; the lock is the flock, held either way (e.g. a full disk)
         yield
     finally:
         os.close(fd)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ import pandas as pd
 
 from . import __version__
 from .config import RunConfig, to_dict
+from .errors import StoreError
 from .outlock import exclusive_out_dir
 from .sources.discover import discover
 
@@ -104,6 +106,8 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
                 "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
                 "finished": _now(),
                 "run_id": run_id,
+                # Unreadable images left out of this sample (also rows in errors.csv).
+                "skipped_sources": list(state.skipped),
             }
             if model is None:
                 tables.write_cells_csv(out_dir, spec.sample_id, table)
@@ -112,7 +116,12 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             confidence = probs.max(axis=1).astype(np.float32) if len(probs) else np.zeros(0, np.float32)
             zarr_store.write_sample(out_dir, spec.sample_id, table, class_index, confidence, probs,
                                     list(model.labels), attrs, crops=crops)
-            tables.write_sample_csv(out_dir, spec.sample_id)
+            try:
+                tables.write_sample_csv(out_dir, spec.sample_id)
+            except StoreError as err:
+                # The sample is complete in results.zarr, the record a resume trusts; its
+                # CSV is rebuilt from there at the end of the run (which says it if it fails).
+                log.info("%s: %s", spec.sample_id, err)
 
         results: dict = {}
         dashboard = None
@@ -134,6 +143,12 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             results[f"<{Path(path).name}>"] = SampleResult(Path(path).name or path, "failed", stage="input",
                                                            error=f"{path}: {reason}", path=path)
         failures = [r for r in results.values() if r.status == "failed"]
+        # A sample complete without some unreadable images: one row per file left out.
+        failures += [SampleResult(r.sample_id, "partial", stage="open", error=s["error"], path=s["path"])
+                     for r in list(results.values()) for s in getattr(r, "skipped_sources", [])]
+        # Said before the tables are written: on a full disk they may not be.
+        for r in failures:
+            print(f"slideproc: error: {r.sample_id}: {r.stage}: {r.error}", file=sys.stderr)
         tables.write_errors_csv(out_dir, [
             {"sample_id": r.sample_id, "path": r.path, "stage": r.stage, "error": r.error} for r in failures])
         run_json = {
@@ -158,8 +173,6 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
 
             write_report(out_dir, cfg)
         tables.write_run_json(out_dir, run_json)
-    for r in failures:
-        print(f"slideproc: error: {r.sample_id}: {r.stage}: {r.error}", file=__import__("sys").stderr)
     n_ok = sum(r.status in ("complete", "skipped") for r in results.values())
     log.info("%d sample(s) complete, %d failed; outputs in %s", n_ok, len(failures), out_dir)
     return 1 if failures else 0

@@ -48,7 +48,8 @@ def crop_task(ref: SourceRef, mpp0: float, xs: np.ndarray, ys: np.ndarray, fov_u
     return extract_crops(reader, mpp0, np.asarray(xs), np.asarray(ys), fov_um, out_px)
 
 
-def classify_task(model_dir: str, sha256: str, crops: list[np.ndarray], batch_size: int) -> dict:
+def classify_task(model_dir: str, sha256: str, crops: list[np.ndarray], batch_size: int,
+                  mixed_precision: str = "auto") -> dict:
     """Calibrated probabilities for the concatenated crops, and where it ran.
 
     ``sha256`` is part of the task's arguments so a changed model never reuses
@@ -58,7 +59,7 @@ def classify_task(model_dir: str, sha256: str, crops: list[np.ndarray], batch_si
 
     start = time.perf_counter()
     batch = np.concatenate(crops) if len(crops) > 1 else crops[0]
-    predictor = get_predictor(model_dir, batch_size)
+    predictor = get_predictor(model_dir, batch_size, mixed_precision)
     if predictor.loaded.sha256 != sha256:
         from .errors import ModelError
 

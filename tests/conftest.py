@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+# The engine's session fixtures (a synthetic archive, a tiny trained model, a
+# reference run), declared here once for the whole suite: imported into each
+# test module instead, pytest would build them once per module.
+from engine_fixtures import reference_run, small_archive, tiny_model  # noqa: F401,E402
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL = SHARED / "data" / "real"

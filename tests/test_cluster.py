@@ -17,9 +17,7 @@ import pytest
 
 from slideproc.cli import main
 
-from engine_fixtures import (  # noqa: F401
-    archive_inputs, assert_same_outputs, reference_run, small_archive, tiny_model,
-)
+from engine_fixtures import archive_inputs, assert_same_outputs
 
 pytestmark = pytest.mark.timeout(600)
 BIN = Path(sys.executable).parent

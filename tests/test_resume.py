@@ -13,9 +13,7 @@ import pytest
 
 from slideproc.store import zarr_store
 
-from engine_fixtures import (  # noqa: F401
-    archive_inputs, assert_same_outputs, reference_run, small_archive, tiny_model,
-)
+from engine_fixtures import archive_inputs, assert_same_outputs
 
 pytestmark = pytest.mark.timeout(600)
 BIN = Path(sys.executable).parent

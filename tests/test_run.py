@@ -15,9 +15,7 @@ from slideproc.cli import main
 from slideproc.outlock import exclusive_out_dir
 from slideproc.schema import CELL_CSV_COLUMNS
 
-from engine_fixtures import (  # noqa: F401
-    archive_inputs, digest_outputs, reference_run, small_archive, tiny_model,
-)
+from engine_fixtures import archive_inputs, digest_outputs
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -67,7 +67,7 @@ def count_cells(out: Path) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None)
-    p.add_argument("--mpp", type=float, default=None, help="um/px of the Matek crops (default: configs/default.yaml's estimate)")
+    p.add_argument("--mpp", type=float, default=None, help="um/px of the Matek crops (default: the red-cell estimate, 0.094)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--memory-size", type=int, default=8192, help="edge of the smaller slide, level-0 px")
@@ -75,10 +75,9 @@ def main() -> int:
     if not (REAL / "matek_bm").is_dir():
         print(f"real Matek crops not found at {REAL / 'matek_bm'}; nothing to measure", file=sys.stderr)
         return 2
-    from slideproc.config import load_run_config
+    from slideproc.synthetic.from_real import MATEK_MPP
 
-    cfg = load_run_config()
-    mpp = args.mpp or cfg.crops.matek_mpp_um if hasattr(cfg.crops, "matek_mpp_um") else (args.mpp or 0.1)
+    mpp = args.mpp or MATEK_MPP  # estimated from red-cell diameters (configs/default.yaml, crops)
     tmp = Path(tempfile.mkdtemp(prefix="slideproc-bench-"))
     model = args.model
     if model is None:

@@ -30,8 +30,11 @@ def tiny_model(tmp_path_factory) -> Path:
     crops = root / "crops"
     assert main(["-q", "synth", str(crops), "--kind", "crops", "--cells", "84", "--seed", "3"]) == 0
     model = root / "model"
-    assert main(["-q", "train", str(crops / "crops"), "--out", str(model), "--weights", "none",
-                 "--epochs", "1", "--input-size", "75", "--batch-size", "8", "--val-fraction", "0.25"]) == 0
+    from classify_fixtures import TINY_CONFIG  # eager steps: no minutes-long graph tracing
+
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY_CONFIG, encoding="utf-8")
+    assert main(["-q", "train", str(crops / "crops"), "--out", str(model), "--config", str(cfg)]) == 0
     return model
 
 

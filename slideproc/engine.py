@@ -19,10 +19,8 @@ errors.csv, and the other samples finish.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .cluster import GPU, has_gpu_workers, open_client, worker_summary
-from .config import RunConfig, to_dict
+from .cluster import GPU, has_gpu_workers, worker_summary
+from .config import RunConfig
 from .errors import MissingMppError, SlideprocError, SourceError, StoreError
 from .schema import DETECT_COLUMNS
-from .sources.discover import SampleSpec, discover
+from .sources.discover import SampleSpec
 from .tasks import classify_task, crop_px_for, crop_task, detect_task, plan_task
 
 log = logging.getLogger("slideproc.engine")

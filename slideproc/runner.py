@@ -7,7 +7,6 @@ The engine (engine.py) schedules the work; this module decides what to run
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -57,10 +56,9 @@ def _input_sizes(samples) -> list[dict]:
     return rows
 
 
-def _source_table(cells: pd.DataFrame, spec) -> pd.DataFrame:
-    """Cells in output form: `source` as the file name, without engine columns."""
-    cells = cells.drop(columns=["_source_index"], errors="ignore").reset_index(drop=True)
-    return cells
+def _source_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells in output form, without the engine's bookkeeping columns."""
+    return cells.drop(columns=["_source_index"], errors="ignore").reset_index(drop=True)
 
 
 def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *, scheduler=None,
@@ -95,7 +93,7 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             log.info("resuming: %d sample(s) already complete in %s are skipped", len(skipped), out_dir)
 
         def on_sample_done(spec, cells, probs, crops, state):
-            table = _source_table(cells, spec)
+            table = _source_table(cells)
             attrs = {
                 "sources": [ref.name for ref in spec.sources],
                 "source_paths": [ref.path for ref in spec.sources],

@@ -252,6 +252,14 @@ def _split_touching(mask: np.ndarray, r_min_px: float) -> np.ndarray:
     return out
 
 
+def _root(parent: list[int], a: int) -> int:
+    """Union-find root of ``a`` (with path halving); ``parent`` maps label -> parent label."""
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
 def _merge_wide_necks(ws: np.ndarray, dist: np.ndarray, n: int) -> np.ndarray:
     """Undo splits whose shared border is not a waist (kidney-shaped or folded nuclei).
 
@@ -260,12 +268,6 @@ def _merge_wide_necks(ws: np.ndarray, dist: np.ndarray, n: int) -> np.ndarray:
     """
     peak = ndimage.maximum(dist, ws, index=np.arange(1, n + 1))
     parent = list(range(n + 1))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
 
     # Neck half-width between each pair of touching regions: the largest
     # distance value on their shared border.
@@ -282,10 +284,10 @@ def _merge_wide_necks(ws: np.ndarray, dist: np.ndarray, n: int) -> np.ndarray:
                 necks[key] = float(v)
     for (la, lb), neck in necks.items():
         if neck >= 0.7 * min(peak[la - 1], peak[lb - 1]):
-            ra, rb = find(la), find(lb)
+            ra, rb = _root(parent, la), _root(parent, lb)
             if ra != rb:
                 parent[rb] = ra
-    lut = np.array([find(i) for i in range(n + 1)], dtype=ws.dtype)
+    lut = np.array([_root(parent, i) for i in range(n + 1)], dtype=ws.dtype)
     return lut[ws]
 
 
@@ -320,12 +322,6 @@ def _group_lobes(frag: np.ndarray, nearest: np.ndarray, dist: np.ndarray, cytopl
     area = np.bincount(frag.ravel(), minlength=n + 1)
     parent = list(range(n + 1))
 
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
     max_extent = cfg.max_lobed_extent_um / mpp
     max_area = cfg.max_nucleus_area_um2 / (mpp * mpp)
     satellite = cfg.satellite_area_um2 / (mpp * mpp)
@@ -335,7 +331,7 @@ def _group_lobes(frag: np.ndarray, nearest: np.ndarray, dist: np.ndarray, cytopl
     cy, cx = _centroids(frag, n)
     order = sorted(pairs, key=lambda p: ((cx[p[0]] - cx[p[1]]) ** 2 + (cy[p[0]] - cy[p[1]]) ** 2, p))
     for la, lb in order:
-        ra, rb = find(la), find(lb)
+        ra, rb = _root(parent, la), _root(parent, lb)
         if ra == rb:
             continue
         ba, bb = box[ra], box[rb]
@@ -349,7 +345,7 @@ def _group_lobes(frag: np.ndarray, nearest: np.ndarray, dist: np.ndarray, cytopl
         parent[rb] = ra
         box[ra] = u
         area[ra] += area[rb]
-    return np.array([find(i) for i in range(n + 1)], dtype=np.int32)
+    return np.array([_root(parent, i) for i in range(n + 1)], dtype=np.int32)
 
 
 def _centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

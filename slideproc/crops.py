@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
+from .resample import gaussian_grid_sample
 from .sources.base import PAD_VALUE, SlideReader
 from .tiling import best_level
 
@@ -57,11 +57,6 @@ def extract_crops(reader: SlideReader, mpp0: float, xs, ys, fov_um: float, out_p
         x1 = int(math.ceil(px[-1])) + margin + 1
         y1 = int(math.ceil(py[-1])) + margin + 1
         region = reader.read_region((int(round(x0 * d)), int(round(y0 * d))), level, (x1 - x0, y1 - y0))
-        region = region.astype(np.float32)
-        if sigma > 0:
-            region = ndimage.gaussian_filter(region, sigma=(sigma, sigma, 0), mode="nearest")
-        yy, xx = np.meshgrid(py - y0, px - x0, indexing="ij")
-        for c in range(3):
-            sampled = ndimage.map_coordinates(region[..., c], [yy, xx], order=1, mode="constant", cval=PAD_VALUE)
-            out[k, ..., c] = np.clip(sampled + 0.5, 0, 255).astype(np.uint8)
+        # Blur and bilinear sampling in one separable pass (resample.py).
+        out[k] = gaussian_grid_sample(region, py - y0, px - x0, sigma, PAD_VALUE)
     return out

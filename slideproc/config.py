@@ -105,7 +105,9 @@ class SegmentConfig:
     # A blob above this (um2; a 16 um round nucleus is 200 um2) is nucleus
     # plus deep-blue cytoplasm, or several cells: it is thresholded again on
     # its own pixels (Otsu) when its two levels differ by at least
-    # ``min_refine_contrast`` (OD).
+    # ``min_refine_contrast`` (OD) and the darker part lies deeper inside the
+    # blob than the rest (a darker rim is deep-blue cytoplasm around a paler
+    # nucleus: that blob stays whole).
     max_single_nucleus_area_um2: float = 200.0
     min_refine_contrast: float = 0.1
     # ... and only when the darker part keeps at least this fraction of it.
@@ -123,6 +125,13 @@ class SegmentConfig:
     # neighbour whatever the span: granule clumps and platelets lying on a
     # cell are part of that cell, not cells of their own.
     satellite_area_um2: float = 10.0
+    # A field dense with dark nuclei sets its Otsu threshold high (up to
+    # nuclear_threshold_max), above the open chromatin of a blast or monocyte
+    # (~0.2-0.3). Above this level (OD) segmentation runs again at it on the
+    # blobs holding no nucleus found so far and adds the cells found there
+    # that touch none. Smear thresholds (0.1-0.2) lie below it, so there it
+    # never runs; 0 turns it off.
+    pale_nucleus_threshold: float = 0.2
     # Cytoplasm kept around the nucleus for the cell mask, box and area (um):
     # pixels within this distance of the nucleus whose nuclear channel exceeds
     # ``cytoplasm_min_od`` (bluish-lilac cytoplasm; red cells are <= 0).
@@ -453,7 +462,7 @@ def _validate(obj: Any, prefix: str) -> None:
         _positive(obj, prefix, "lobe_merge_distance_um", "smoothing_um", "stained_min_od",
                   "nuclear_threshold_min", "min_nuclear_contrast", "min_fragment_area_um2",
                   "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od", "blue_weight",
-                  "satellite_area_um2", allow_zero=True)
+                  "satellite_area_um2", "pale_nucleus_threshold", allow_zero=True)
         _fraction(obj, prefix, "min_refine_fraction")
         if obj.centroid not in ("cell", "nucleus"):
             raise ConfigError(f"config key '{prefix}.centroid' must be cell or nucleus, got {obj.centroid!r}")

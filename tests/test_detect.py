@@ -240,7 +240,12 @@ def test_synthetic_archive_targets_fresh_seed(tmp_path):
 @pytest.mark.slow
 def test_real_matek_every_crop(matek_dir):
     """All 1127 crops as fields at 0.095 um/px: a detection within 5 um of the centre.
-    Target 0.97; reached 0.93 (bilobed eosinophils split in two, damaged NIF cells)."""
+    Target 0.97; reached 0.935 (1054/1127; 0.931 before the pale-level pass and the
+    rim rule). About 29 of the 73 misses have no nucleated cell centred within 5 um
+    of the crop centre (20 NIF crops centred on glass, red cells or debris; cells cut
+    by the border), which caps any detector near 0.974. The rest: bilobed eosinophils
+    split in two (lobes span 13-15 um with a 1-1.5 um gap, as touching neighbours'
+    nuclei do here), nuclei hidden in granular cytoplasm, eccentric nuclei."""
     cfg = with_overrides(RunConfig(), {"source.fallback_mpp_um": 0.095})
     hits = []
     for f in sorted(matek_dir.glob("*/*.jpg")):
@@ -248,4 +253,4 @@ def test_real_matek_every_crop(matek_dir):
         d = np.hypot(df.x - 124.5, df.y - 124.5) * 0.095 if len(df) else np.array([np.inf])
         hits.append(d.min() <= 5.0)
     assert len(hits) > 1000
-    assert np.mean(hits) >= 0.92
+    assert np.mean(hits) >= 0.925

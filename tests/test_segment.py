@@ -121,3 +121,54 @@ def test_real_matek_crops_every_class(matek_dir):
             total += 1
     assert total >= 14 * 1
     assert hits / total >= 0.85, f"{hits}/{total} Matek crops have a detection within 5 um of the centre"
+
+
+def _pale_cell(img: np.ndarray, mpp: float, x: float, y: float, r_cell: float, r_nuc: float,
+               cyto_od, nuc_od, ring: bool = False, open_deg: float = 0.0) -> np.ndarray:
+    """``img`` with one more cell laid over it (Beer-Lambert: transmittances multiply).
+    ``ring``: the cytoplasm is an annulus, so the nucleus shows its own OD, not
+    the sum; ``open_deg``: a wedge of that angle (to the right) has no cytoplasm."""
+    from smear import _disc
+
+    h, w = img.shape[:2]
+    v, u = (np.mgrid[0:h, 0:w] + 0.5) * mpp
+    nucleus = _disc(u, v, x, y, r_nuc)
+    cyto = _disc(u, v, x, y, r_cell) * ((1.0 - nucleus) if ring else 1.0)
+    if open_deg:
+        cyto *= np.abs(np.degrees(np.arctan2(v - y, u - x))) > open_deg / 2
+    od = cyto[..., None] * np.asarray(cyto_od) + nucleus[..., None] * np.asarray(nuc_od)
+    return np.clip(img * 10 ** (-od) + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_pale_nucleus_in_a_field_of_dark_ones():
+    # Dark lymphocytes set the field's threshold (Otsu, clamped at 0.3) above a
+    # pale open-chromatin nucleus (nuclear channel ~0.27): the pale-level pass
+    # finds it, once, and the dark cells stay as they were.
+    mpp = 0.5
+    dark = [(x, y, "lym") for x in (10.0, 30.0, 50.0) for y in (10.0, 50.0)]
+    img = _pale_cell(render(60, 60, mpp, dark), mpp, 30.0, 30.0, 6.0, 4.0,
+                     [0.07, 0.13, 0.07], [0.30, 0.40, 0.12])
+    pale = [(30.0, 30.0, "pale")]
+    res = segment_tile(img, mpp)
+    assert _near(res, mpp, dark + pale, 2.0) == [1] * 7
+    assert len(res) == 7
+    off = segment_tile(img, mpp, SegmentConfig(pale_nucleus_threshold=0.0))
+    assert _near(off, mpp, pale, 2.0) == [0] and len(off) == 6
+
+
+def test_darker_rim_of_cytoplasm_is_not_cut_off_as_a_nucleus():
+    # A blast whose deep-blue cytoplasm reads darker on the nuclear channel
+    # (~0.45) than its pale nucleus (~0.28), the rim open on one side (as
+    # where a neighbour presses on it); the source's threshold (0.15) lies
+    # below both: one blob larger than a nucleus (~220 um2). Cut at its own
+    # Otsu level it would keep only the C-shaped rim (~90 um2, centred 1.9 um
+    # off); kept whole, nucleus and rim are one cell.
+    from slideproc.segment import Stain, glass_level
+
+    mpp = 0.5
+    img = _pale_cell(render(40, 40, mpp), mpp, 20.0, 20.0, 9.0, 6.0, [0.55, 0.40, 0.20], [0.38, 0.55, 0.20],
+                     ring=True, open_deg=100.0)
+    res = segment_tile(img, mpp, stain=Stain(glass_level(img), 0.15))
+    assert len(res) == 1
+    assert res.nucleus_area_um2[0] > np.pi * 6.0 ** 2  # the pale nucleus is in it
+    assert _near(res, mpp, [(20.0, 20.0)], 1.6) == [1]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_synth.py", "bench_detect.py", "bench_run.py"]
+BENCHMARKS = ["bench_synth.py", "bench_detect.py", "bench_run.py", "bench_e2e.py"]
 
 
 def main() -> int:

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.add_argument("--workers", type=_positive_int, default=None)
     s.add_argument("--no-resume", action="store_true", help="redo samples already complete")
-    s.add_argument("--save-crops", action="store_true", help="store every cell crop in results.zarr")
+    s.add_argument("--save-crops", action="store_true", help="store every cell crop, as the classifier saw it, in results.zarr")
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("report", help="differential counts, plots and GeoJSON from a run's output")

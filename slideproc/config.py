@@ -165,6 +165,8 @@ class EngineConfig:
     threads_per_worker: int = 1
     # Back-pressure: tiles submitted but not yet finished, per worker.
     tiles_in_flight_per_worker: int = 4
+    # Image fields (folder samples) planned, detected and cropped per task.
+    fields_per_task: int = 16
     # Times a task is retried when its worker dies.
     retries: int = 3
     memory_limit: str = "auto"
@@ -486,7 +488,7 @@ def _validate(obj: Any, prefix: str) -> None:
                 f"or mixed_bfloat16, got {obj.mixed_precision!r}"
             )
     elif isinstance(obj, EngineConfig):
-        _positive(obj, prefix, "workers", "threads_per_worker", "tiles_in_flight_per_worker")
+        _positive(obj, prefix, "workers", "threads_per_worker", "tiles_in_flight_per_worker", "fields_per_task")
         _positive(obj, prefix, "retries", allow_zero=True)
     elif isinstance(obj, ReportConfig):
         _positive(obj, prefix, "min_cells", "gallery_per_class", allow_zero=True)

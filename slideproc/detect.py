@@ -40,13 +40,29 @@ def empty_cells() -> pd.DataFrame:
     return df
 
 
-def plan_source(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, list[TileSpec]]:
-    """Geometry and the foreground tiles of one source. An image field is taken whole."""
+def _open_and_mask(ref: SourceRef, cfg: RunConfig):
+    """(reader, geometry, foreground mask, mask um/px) of one source."""
     reader = cached_reader(ref)
     mpp0 = resolve_mpp(reader, ref, cfg.source.fallback_mpp_um)
     geo = geometry(reader, mpp0, cfg.source.working_mpp_um)
     mask, mask_mpp = foreground_mask(reader, mpp0, cfg.tiling, whole_field=ref.reader == "image")
+    return reader, geo, mask, mask_mpp
+
+
+def plan_source(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, list[TileSpec]]:
+    """Geometry and the foreground tiles of one source. An image field is taken whole."""
+    _, geo, mask, mask_mpp = _open_and_mask(ref, cfg)
     return geo, plan_tiles(geo, cfg.tiling, mask, mask_mpp)
+
+
+def plan_source_and_stain(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, list[TileSpec], Stain]:
+    """:func:`plan_source` and :func:`source_stain` from one look at the source,
+    for the engine's plan task: its detect tasks then take the stain as an
+    argument instead of each worker finding the foreground again."""
+    reader, geo, mask, mask_mpp = _open_and_mask(ref, cfg)
+    windows = stain_windows(geo, mask, mask_mpp)
+    stain = estimate_stain([read_working(reader, geo, *w) for w in windows], geo.working_mpp, cfg.segment)
+    return geo, plan_tiles(geo, cfg.tiling, mask, mask_mpp), stain
 
 
 @functools.lru_cache(maxsize=32)
@@ -59,10 +75,13 @@ def source_stain(ref: SourceRef, cfg: RunConfig) -> Stain:
     Deterministic, so each worker that computes it (once per process, cached)
     gets the same values.
     """
-    reader = cached_reader(ref)
-    mpp0 = resolve_mpp(reader, ref, cfg.source.fallback_mpp_um)
-    geo = geometry(reader, mpp0, cfg.source.working_mpp_um)
-    mask, mask_mpp = foreground_mask(reader, mpp0, cfg.tiling, whole_field=ref.reader == "image")
+    reader, geo, mask, mask_mpp = _open_and_mask(ref, cfg)
+    windows = stain_windows(geo, mask, mask_mpp)
+    return estimate_stain([read_working(reader, geo, *w) for w in windows], geo.working_mpp, cfg.segment)
+
+
+def stain_windows(geo: Geometry, mask: np.ndarray, mask_mpp: float) -> list[tuple[int, int, int, int]]:
+    """The (x, y, w, h) working-pixel windows :func:`source_stain` samples."""
     ww, wh = geo.working_dims
     win = _STAIN_WINDOW_PX
     k = geo.working_mpp / mask_mpp  # mask px per working px
@@ -75,20 +94,25 @@ def source_stain(ref: SourceRef, cfg: RunConfig) -> Stain:
             if sub.size and sub.mean() >= 0.5:
                 spots.append((x, y, w, h))
     if not spots:
-        return estimate_stain([], geo.working_mpp, cfg.segment)
+        return []
     picks = np.unique(np.linspace(0, len(spots) - 1, min(_STAIN_TILES, len(spots))).round().astype(int))
-    patches = [read_working(reader, geo, *spots[i]) for i in picks]
-    return estimate_stain(patches, geo.working_mpp, cfg.segment)
+    return [spots[i] for i in picks]
 
 
-def detect_tile(ref: SourceRef, tile: TileSpec, geo: Geometry, cfg: RunConfig) -> pd.DataFrame:
-    """The cells whose centroid this tile's core owns, in level-0 pixels of ``ref``."""
-    reader = cached_reader(ref)
-    stain = source_stain(ref, cfg)
-    x, y, w, h = _clip_to_source(tile, geo)
+def detect_tile(ref: SourceRef, tile: TileSpec, geo: Geometry, cfg: RunConfig,
+                stain: Stain | None = None, rgb: np.ndarray | None = None) -> pd.DataFrame:
+    """The cells whose centroid this tile's core owns, in level-0 pixels of ``ref``.
+
+    ``stain`` and ``rgb`` (the tile's working pixels, :func:`tile_window`) may be
+    passed by a caller that already has them; they are computed otherwise.
+    """
+    x, y, w, h = tile_window(tile, geo)
     if w <= 0 or h <= 0:
         return empty_cells()
-    rgb = read_working(reader, geo, x, y, w, h)
+    if stain is None:
+        stain = source_stain(ref, cfg)
+    if rgb is None:
+        rgb = read_working(cached_reader(ref), geo, x, y, w, h)
     res = segment_tile(rgb, geo.working_mpp, cfg.segment, stain=stain)
     if len(res) == 0:
         return empty_cells()
@@ -100,13 +124,44 @@ def detect_tile(ref: SourceRef, tile: TileSpec, geo: Geometry, cfg: RunConfig) -
     return cells_frame(ref.name, geo, ux[own], uy[own], res.bbox[own] + [x, y, x, y], res.area_um2[own])
 
 
+def detect_field(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, pd.DataFrame]:
+    """Plan and detect one source in one call: (geometry, its cells).
+
+    The same cells as :func:`plan_source` + :func:`detect_tile` per tile, for
+    the engine's image-folder path, where a field is small and the separate
+    calls would read it and find its foreground twice: here the tiles are read
+    once and the stain windows, which lie inside them, are cut from those reads
+    (``read_working`` gives the same pixels for a window whatever read it is
+    part of, see tiling.py).
+    """
+    reader, geo, mask, mask_mpp = _open_and_mask(ref, cfg)
+    tiles = plan_tiles(geo, cfg.tiling, mask, mask_mpp)
+    reads = [(tile_window(t, geo), None) for t in tiles]
+    if len(tiles) <= 4:  # a field, not a slide: hold its few tile reads
+        reads = [(win, read_working(reader, geo, *win) if win[2] > 0 and win[3] > 0 else None)
+                 for win, _ in reads]
+    patches = [_cut_or_read(reader, geo, w, reads) for w in stain_windows(geo, mask, mask_mpp)]
+    stain = estimate_stain(patches, geo.working_mpp, cfg.segment)
+    frames = [detect_tile(ref, t, geo, cfg, stain=stain, rgb=rgb) for t, (_, rgb) in zip(tiles, reads)]
+    return geo, concat_cells(frames)
+
+
+def _cut_or_read(reader, geo: Geometry, win, reads) -> np.ndarray:
+    """Working pixels of ``win``: a slice of a held read that contains it, else a read."""
+    x, y, w, h = win
+    for (rx, ry, rw, rh), rgb in reads:
+        if rgb is not None and rx <= x and ry <= y and x + w <= rx + rw and y + h <= ry + rh:
+            return rgb[y - ry:y - ry + h, x - rx:x - rx + w]
+    return read_working(reader, geo, x, y, w, h)
+
+
 # White margin kept around the source when a tile hangs over its edge: more
 # than the blur's reach (4 sigma of 0.4 um = 3 px at 0.5 um/px), so clipping
 # the rest of the padding changes no pixel that segmentation looks at.
 _EDGE_PAD_PX = 16
 
 
-def _clip_to_source(tile: TileSpec, geo: Geometry) -> tuple[int, int, int, int]:
+def tile_window(tile: TileSpec, geo: Geometry) -> tuple[int, int, int, int]:
     """The tile's read window less the blank padding beyond the source's edge
     (a small image field in a 1024-px tile would otherwise be mostly padding)."""
     ww, wh = geo.working_dims
@@ -160,6 +215,6 @@ def tiles_in_plan(ref: SourceRef, cfg: RunConfig) -> int:
 
 
 __all__ = [
-    "plan_source", "source_stain", "detect_tile", "detect_source", "detect_sample",
+    "plan_source", "plan_source_and_stain", "source_stain", "stain_windows", "detect_tile", "detect_field", "tile_window", "detect_source", "detect_sample",
     "cells_frame", "concat_cells", "empty_cells", "tiles_in_plan",
 ]

@@ -4,6 +4,10 @@ Per sample: plan each source (mpp, foreground, tiles) -> detect per tile ->
 cut the cells into fixed-size batches in a deterministic order -> crop (on a
 CPU worker, at the slide's own resolution) -> classify (on a ``GPU`` resource
 worker when the cluster has one) -> assemble and write the sample whole.
+An image-folder sample takes a shorter path: ``engine.fields_per_task`` fields
+are planned, detected and cropped by one task (``field_group_task``), whose
+crops stay on the workers and go straight to the classify tasks; per-image
+tasks would cost more scheduling than work on small fields.
 
 Work is submitted as futures with back-pressure: at most
 ``tiles_in_flight_per_worker`` tiles per worker, and a bounded number of
@@ -33,7 +37,8 @@ from .config import RunConfig
 from .errors import MissingMppError, SlideprocError, SourceError, StoreError
 from .schema import DETECT_COLUMNS
 from .sources.discover import SampleSpec
-from .tasks import classify_task, crop_px_for, crop_task, detect_task, plan_task
+from .tasks import (classify_task, crop_px_for, crop_task, detect_task, field_group_task, group_summary,
+                    plan_task)
 
 log = logging.getLogger("slideproc.engine")
 
@@ -84,10 +89,12 @@ class _Sample:
     skipped: list = field(default_factory=list)  # dicts for SampleResult.skipped_sources
     workers: set = field(default_factory=set)
     crop_bytes: int = 0
-
-    @property
-    def planned(self) -> bool:
-        return self.plans_pending == 0
+    # Image-folder path: field-group futures (kept so their crops stay on the
+    # workers until classified), the source index each group ends before, and
+    # the groups each in-flight classify batch reads.
+    group_futs: dict = field(default_factory=dict)
+    group_stop: dict = field(default_factory=dict)
+    batch_groups: dict = field(default_factory=dict)
 
     def tiles_left(self) -> bool:
         src, tile = self.cursor
@@ -225,10 +232,20 @@ class Engine:
         states = []
         self.progress.samples_total = len(self.samples)
         for spec in self.samples:
-            state = _Sample(spec, time.time(), plans_pending=len(spec.sources))
+            fields = all(ref.reader == "image" for ref in spec.sources)
+            state = _Sample(spec, time.time(), plans_pending=0 if fields else len(spec.sources))
             states.append(state)
+            if fields:
+                step = max(1, self.cfg.engine.fields_per_task)
+                for g, start in enumerate(range(0, len(spec.sources), step)):
+                    stop = min(start + step, len(spec.sources))
+                    state.group_stop[g] = stop
+                    self.tile_queue.append(("group", state, g, start, stop))
+                self.progress.add_tiles(len(spec.sources))
+                continue
             for i, ref in enumerate(spec.sources):
                 self._submit(state, "plan", plan_task, ref, self.cfg, source=i)
+        self._fill()
         for fut in self.ac:
             entry = self.meta.pop(fut.key, None)
             if entry is None:
@@ -238,7 +255,7 @@ class Engine:
                 continue
             kind, state, extra = entry
             state.futures.discard(fut)
-            if kind == "tile":
+            if kind in ("tile", "group"):
                 self.tiles_in_flight -= 1
             elif kind == "classify":
                 self.batches_in_flight -= 1
@@ -257,28 +274,44 @@ class Engine:
                         self._fail(state, stage, err)
             self._fill()
         self.progress.close()
+        for state in states:
+            # A safety net: a sample the loop above left unfinished is a failure
+            # to report, never a silent gap in the outputs.
+            if state.spec.sample_id not in self.results:
+                self._fail(state, "engine", RuntimeError("the engine stopped before this sample finished; re-run"))
         return self.results
 
     def _fill(self) -> None:
         """Submit queued tiles up to the in-flight limits (back-pressure)."""
         while (self.tile_queue and self.tiles_in_flight < self.max_tiles
                and self.batches_in_flight < self.max_batches):
-            state, src, tile, geo = self.tile_queue.popleft()
+            kind, state, *item = self.tile_queue.popleft()
             if state.failed is not None:
                 continue
             self.tiles_in_flight += 1
-            self._submit(state, "tile", detect_task, state.spec.sources[src], tile, geo, self.cfg,
+            if kind == "group":
+                g, start, stop = item
+                input_px = self.model.input_size_px if self.model is not None else None
+                # The group's own future is not watched (its result holds the crops,
+                # which must not travel to this client); its summary is.
+                state.group_futs[g] = self.client.submit(
+                    field_group_task, list(state.spec.sources[start:stop]), self.cfg,
+                    self.cfg.crops.field_of_view_um, input_px, pure=False)
+                self._submit(state, "group", group_summary, state.group_futs[g], group=g, start=start)
+                continue
+            src, tile, geo, stain = item
+            self._submit(state, "tile", detect_task, state.spec.sources[src], tile, geo, self.cfg, stain,
                          source=src, tile=tile.index)
 
     # -- results ---------------------------------------------------------
     def _on_plan(self, state: _Sample, value, source: int) -> None:
-        geo, tiles = value
+        geo, tiles, stain = value
         state.geos[source] = geo
         state.n_tiles[source] = len(tiles)
         state.plans_pending -= 1
         self.progress.add_tiles(len(tiles))
         for tile in tiles:
-            self.tile_queue.append((state, source, tile, geo))
+            self.tile_queue.append(("tile", state, source, tile, geo, stain))
         if self.model is not None and geo is not None:
             px = crop_px_for(geo.mpp0, self.cfg.crops.field_of_view_um, self.model.input_size_px)
             state.crop_px = max(state.crop_px, px)
@@ -296,13 +329,39 @@ class Engine:
                 or not isinstance(err, SourceError) or isinstance(err, MissingMppError)
                 or len(state.skipped) + 1 >= len(refs)):
             return False
-        ref = refs[source]
-        state.skipped.append({"source": ref.name, "path": ref.path, "error": one_line(err)})
-        state.n_tiles[source] = 0
         state.plans_pending -= 1
-        log.info("%s: skipped %s: %s", state.spec.sample_id, ref.name, one_line(err))
+        self._record_skip(state, source, one_line(err))
         self._advance(state)
         return True
+
+    def _record_skip(self, state: _Sample, source: int, message: str) -> None:
+        ref = state.spec.sources[source]
+        state.skipped.append({"source": ref.name, "path": ref.path, "error": message})
+        state.n_tiles[source] = 0
+        log.info("%s: skipped %s: %s", state.spec.sample_id, ref.name, message)
+
+    def _on_group(self, state: _Sample, value: dict, group: int, start: int) -> None:
+        """A field group's cells: one tile per field, consumed in source order like tiles."""
+        n_refs = len(state.spec.sources)
+        by_field = dict(iter(value["cells"].groupby("_field", sort=True)))
+        for k, geo in enumerate(value["geos"]):
+            src = start + k
+            if k in value["skipped"]:
+                # The same rule as _skip_source: a folder may lose unreadable images,
+                # not all of them; a lone image fails its sample.
+                if n_refs < 2 or len(state.skipped) + 1 >= n_refs:
+                    raise SourceError(value["skipped"][k])
+                self._record_skip(state, src, value["skipped"][k])
+                continue
+            state.geos[src] = geo
+            state.n_tiles[src] = 1
+            frame = by_field.get(k)
+            state.tile_frames[(src, 0)] = (frame.drop(columns="_field").assign(_group=group)
+                                           if frame is not None else frame_like(value["cells"]))
+            self.progress.tile_done(0 if frame is None else len(frame))
+        if self.model is None:
+            state.group_futs.pop(group, None)  # no crops to keep
+        self._advance(state)
 
     def _on_tile(self, state: _Sample, cells: pd.DataFrame, source: int, tile: int) -> None:
         state.tile_frames[(source, tile)] = cells
@@ -349,6 +408,19 @@ class Engine:
     def _submit_batch(self, state: _Sample, part: pd.DataFrame) -> None:
         index = len(state.batches)
         state.batches.append(part)
+        resources = {GPU: 1} if self.gpu else None
+        if "_group" in part:
+            # Field groups: slices of their crops, which stay on the workers.
+            parts = []
+            for g, rows in part.groupby("_group", sort=False):
+                r = rows["_row"].to_numpy()
+                parts.append((state.group_futs[g], int(r[0]), int(r[-1]) + 1))
+            state.batch_groups[index] = set(part["_group"].unique().tolist())
+            self.batches_in_flight += 1
+            self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, parts,
+                         self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,
+                         resources=resources, batch=index)
+            return
         crop_futs = []
         for src, group in part.groupby("_source_index", sort=True):
             geo = state.geos[src]
@@ -356,22 +428,36 @@ class Engine:
                 state, "crop", crop_task, state.spec.sources[src], geo.mpp0,
                 group["x"].to_numpy(), group["y"].to_numpy(), self.cfg.crops.field_of_view_um,
                 state.crop_px, batch=index))
-        resources = {GPU: 1} if self.gpu else None
         self.batches_in_flight += 1
         self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, crop_futs,
-                     self.cfg.classify.batch_size, self.cfg.classify.mixed_precision,
+                     self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,
                      resources=resources, batch=index)
-        if self.save_crops:
-            state.crops[index] = crop_futs
 
     def _on_crop(self, state: _Sample, crops, batch: int) -> None:
-        state.crop_bytes += int(crops.nbytes)
+        pass  # crop bytes are counted where they arrive, in the classify task
 
     def _on_classify(self, state: _Sample, value: dict, batch: int) -> None:
         state.probabilities[batch] = value["probabilities"]
         state.workers.add(value["worker"])
+        state.crop_bytes += value["bytes_in"]
+        if self.save_crops:
+            state.crops[batch] = value["crops"]
+        if state.batch_groups.pop(batch, None):
+            self._release_groups(state)
         if not state.tiles_left() and not state.futures:
             self._finish(state)
+
+    def _release_groups(self, state: _Sample) -> None:
+        """Forget field groups whose crops every batch has read, so workers free them."""
+        needed = set()
+        for frame in state.buffer:
+            needed.update(frame["_group"].unique().tolist())
+        for groups in state.batch_groups.values():
+            needed.update(groups)
+        src = state.cursor[0]
+        for g in list(state.group_futs):
+            if state.group_stop[g] <= src and g not in needed:
+                del state.group_futs[g]
 
     def _finish(self, state: _Sample) -> None:
         cells = (pd.concat(state.batches, ignore_index=True) if self.model is not None
@@ -385,11 +471,11 @@ class Engine:
             parts = [state.probabilities[i] for i in range(len(state.batches))]
             probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
             if self.save_crops:
-                gathered = [np.concatenate(self.client.gather(state.crops[i]))
-                            for i in range(len(state.batches))]
-                px = state.crop_px or 1
-                crops = np.concatenate(gathered) if gathered else np.zeros((0, px, px, 3), np.uint8)
-        state.buffer, state.batches, state.crops = [], [], {}
+                parts = [state.crops[i] for i in range(len(state.batches))]
+                px = self.model.input_size_px
+                crops = np.concatenate(parts) if parts else np.zeros((0, px, px, 3), np.uint8)
+        cells = cells.drop(columns=["_group", "_row"], errors="ignore")
+        state.buffer, state.batches, state.crops, state.group_futs = [], [], {}, {}
         self.on_sample_done(state.spec, cells, probs, crops, state)
         self.progress.samples_done += 1
         self.results[state.spec.sample_id] = SampleResult(
@@ -401,6 +487,8 @@ class Engine:
     def _fail(self, state: _Sample, stage: str, err: BaseException) -> None:
         if state.failed is not None:
             return
+        if stage == "group":  # a field group opens and detects its images
+            stage = "open" if isinstance(err, SourceError) else "detect"
         stage = {"plan": "open", "tile": "detect"}.get(stage, stage)
         message = one_line(err)
         state.failed = (stage, message)
@@ -409,6 +497,9 @@ class Engine:
             self.meta.pop(fut.key, None)
         state.futures.clear()
         state.buffer, state.batches, state.tile_frames, state.crops = [], [], {}, {}
+        for fut in state.group_futs.values():
+            fut.cancel()
+        state.group_futs.clear()
         self.progress.samples_done += 1
         self.results[state.spec.sample_id] = SampleResult(
             state.spec.sample_id, "failed", stage=stage, error=message, path=state.spec.origin,
@@ -416,8 +507,13 @@ class Engine:
         # INFO, not ERROR: the runner prints each failure once, as the run's one
         # error line per failure (with -q that line is all the user sees).
         log.info("%s: failed at %s: %s", state.spec.sample_id, stage, message)
-        self.tiles_in_flight = sum(1 for k, s, _ in self.meta.values() if k == "tile")
+        self.tiles_in_flight = sum(1 for k, s, _ in self.meta.values() if k in ("tile", "group"))
         self.batches_in_flight = sum(1 for k, s, _ in self.meta.values() if k == "classify")
+
+
+def frame_like(frame: pd.DataFrame) -> pd.DataFrame:
+    """An empty frame with ``frame``'s columns and dtypes, less ``_field``."""
+    return frame.iloc[:0].drop(columns="_field")
 
 
 def one_line(err: BaseException) -> str:

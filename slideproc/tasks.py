@@ -18,18 +18,19 @@ from .sources import SourceRef, cached_reader
 from .tiling import Geometry, TileSpec
 
 
-def plan_task(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, list[TileSpec]]:
-    """Open a source, resolve its mpp, compute the foreground mask and the tiles."""
-    from .detect import plan_source
+def plan_task(ref: SourceRef, cfg: RunConfig):
+    """Open a source, resolve its mpp, find the foreground: (geometry, tiles, stain)."""
+    from .detect import plan_source_and_stain
 
-    return plan_source(ref, cfg)
+    return plan_source_and_stain(ref, cfg)
 
 
-def detect_task(ref: SourceRef, tile: TileSpec, geo: Geometry, cfg: RunConfig) -> pd.DataFrame:
-    """Cells whose centroid this tile's core owns, level-0 coordinates of ``ref``."""
+def detect_task(ref: SourceRef, tile: TileSpec, geo: Geometry, cfg: RunConfig, stain=None) -> pd.DataFrame:
+    """Cells whose centroid this tile's core owns, level-0 coordinates of ``ref``.
+    ``stain`` comes from the plan task (else the worker estimates it, once per source)."""
     from .detect import detect_tile
 
-    return detect_tile(ref, tile, geo, cfg)
+    return detect_tile(ref, tile, geo, cfg, stain=stain)
 
 
 def crop_px_for(mpp0: float, fov_um: float, input_px: int) -> int:
@@ -48,30 +49,96 @@ def crop_task(ref: SourceRef, mpp0: float, xs: np.ndarray, ys: np.ndarray, fov_u
     return extract_crops(reader, mpp0, np.asarray(xs), np.asarray(ys), fov_um, out_px)
 
 
-def classify_task(model_dir: str, sha256: str, crops: list[np.ndarray], batch_size: int,
-                  mixed_precision: str = "auto") -> dict:
+def field_group_task(refs: list[SourceRef], cfg: RunConfig, fov_um: float, input_px: int | None) -> dict:
+    """Detect (and, with ``input_px``, crop) a group of image fields in one task.
+
+    A folder of small fields would otherwise cost three tasks per image (plan,
+    detect, crop), each a scheduler round trip that on a small machine costs as
+    much as the image's work. Returns ``cells`` (DETECT_COLUMNS plus ``_field``,
+    the field's index in ``refs``, and ``_row``, the cell's row in ``crops``),
+    ``geos`` (per field; None where skipped), ``skipped`` ({field: one-line
+    reason} for unreadable images, which the engine may leave out of their
+    sample) and ``crops`` (uint8, cells' order; None without ``input_px``).
+
+    A missing mpp is raised, not skipped: every field of the folder lacks it.
+    Crops are cut at the field's own resolution (:func:`crop_px_for`); fields of
+    different resolution in one group are all resized to ``input_px``.
+    """
+    from .crops import extract_crops
+    from .detect import concat_cells, detect_field
+    from .errors import MissingMppError, SourceError
+
+    geos, frames, crops, skipped = [], [], [], {}
+    for i, ref in enumerate(refs):
+        try:
+            geo, cells = detect_field(ref, cfg)
+        except MissingMppError:
+            raise
+        except SourceError as err:
+            geos.append(None)
+            skipped[i] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            continue
+        geos.append(geo)
+        frames.append(cells.assign(_field=i))
+        if input_px and len(cells):
+            px = crop_px_for(geo.mpp0, fov_um, input_px)
+            crops.append(extract_crops(cached_reader(ref), geo.mpp0, cells["x"].to_numpy(),
+                                       cells["y"].to_numpy(), fov_um, px))
+    cells = concat_cells(frames)
+    if "_field" not in cells:
+        cells["_field"] = pd.Series(dtype="int64")
+    cells["_row"] = np.arange(len(cells), dtype=np.int64)
+    out = None
+    if input_px:
+        from .classify.preprocess import resize_crops
+
+        if len({c.shape[1] for c in crops}) > 1:
+            crops = [resize_crops(c, input_px) for c in crops]
+        out = np.concatenate(crops) if crops else np.zeros((0, input_px, input_px, 3), np.uint8)
+    return {"cells": cells, "geos": geos, "skipped": skipped, "crops": out}
+
+
+def group_summary(result: dict) -> dict:
+    """A field group's result less its crops: what the engine (the client) needs.
+    The crops stay on the workers and go straight to the classify tasks."""
+    return {k: v for k, v in result.items() if k != "crops"}
+
+
+def classify_task(model_dir: str, sha256: str, parts: list, batch_size: int,
+                  mixed_precision: str = "auto", return_crops: bool = False) -> dict:
     """Calibrated probabilities for the concatenated crops, and where it ran.
 
-    ``sha256`` is part of the task's arguments so a changed model never reuses
-    a cached predictor; the predictor itself is cached per worker process.
+    ``parts`` are uint8 crop arrays (:func:`crop_task`) or ``(group, start, stop)``
+    slices of a :func:`field_group_task` result's crops; each is resized to the
+    model input here, on the classifying worker, so crops travel at their
+    native size. ``sha256`` is part of the task's arguments so a changed model
+    never reuses a cached predictor; the predictor itself is cached per worker
+    process. ``return_crops`` also returns the model-input crops (--save-crops).
     """
     from .classify.predict import get_predictor
+    from .classify.preprocess import resize_crops
 
     start = time.perf_counter()
-    batch = np.concatenate(crops) if len(crops) > 1 else crops[0]
     predictor = get_predictor(model_dir, batch_size, mixed_precision)
     if predictor.loaded.sha256 != sha256:
         from .errors import ModelError
 
         raise ModelError(f"{model_dir}: the model changed during the run (sha256 {sha256[:12]}...); re-run")
+    arrays = [p[0]["crops"][p[1]:p[2]] if isinstance(p, tuple) else p for p in parts]
+    bytes_in = sum(int(a.nbytes) for a in arrays)
+    arrays = [resize_crops(a, predictor.input_size_px) for a in arrays]
+    batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
     probs = predictor.predict(batch)
-    return {
+    out = {
         "probabilities": np.asarray(probs, dtype=np.float32),
         "worker": _worker_address(),
         "seconds": time.perf_counter() - start,
         "n": int(len(batch)),
-        "bytes_in": int(batch.nbytes),
+        "bytes_in": bytes_in,
     }
+    if return_crops:
+        out["crops"] = batch
+    return out
 
 
 def _worker_address() -> str:

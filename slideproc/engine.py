@@ -352,6 +352,7 @@ class Engine:
                 if n_refs < 2 or len(state.skipped) + 1 >= n_refs:
                     raise SourceError(value["skipped"][k])
                 self._record_skip(state, src, value["skipped"][k])
+                self.progress.tile_done(0)
                 continue
             state.geos[src] = geo
             state.n_tiles[src] = 1

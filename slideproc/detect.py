@@ -60,9 +60,7 @@ def plan_source_and_stain(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, lis
     for the engine's plan task: its detect tasks then take the stain as an
     argument instead of each worker finding the foreground again."""
     reader, geo, mask, mask_mpp = _open_and_mask(ref, cfg)
-    windows = stain_windows(geo, mask, mask_mpp)
-    stain = estimate_stain([read_working(reader, geo, *w) for w in windows], geo.working_mpp, cfg.segment)
-    return geo, plan_tiles(geo, cfg.tiling, mask, mask_mpp), stain
+    return geo, plan_tiles(geo, cfg.tiling, mask, mask_mpp), _stain_of(reader, geo, mask, mask_mpp, cfg)
 
 
 @functools.lru_cache(maxsize=32)
@@ -75,9 +73,14 @@ def source_stain(ref: SourceRef, cfg: RunConfig) -> Stain:
     Deterministic, so each worker that computes it (once per process, cached)
     gets the same values.
     """
-    reader, geo, mask, mask_mpp = _open_and_mask(ref, cfg)
-    windows = stain_windows(geo, mask, mask_mpp)
-    return estimate_stain([read_working(reader, geo, *w) for w in windows], geo.working_mpp, cfg.segment)
+    return _stain_of(*_open_and_mask(ref, cfg), cfg)
+
+
+def _stain_of(reader, geo: Geometry, mask: np.ndarray, mask_mpp: float, cfg: RunConfig, reads=()) -> Stain:
+    """The stain from the :func:`stain_windows` of one source; a window inside
+    one of ``reads`` ((window, working pixels) pairs already read) is cut from it."""
+    patches = [_cut_or_read(reader, geo, w, reads) for w in stain_windows(geo, mask, mask_mpp)]
+    return estimate_stain(patches, geo.working_mpp, cfg.segment)
 
 
 def stain_windows(geo: Geometry, mask: np.ndarray, mask_mpp: float) -> list[tuple[int, int, int, int]]:
@@ -140,8 +143,7 @@ def detect_field(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, pd.DataFrame
     if len(tiles) <= 4:  # a field, not a slide: hold its few tile reads
         reads = [(win, read_working(reader, geo, *win) if win[2] > 0 and win[3] > 0 else None)
                  for win, _ in reads]
-    patches = [_cut_or_read(reader, geo, w, reads) for w in stain_windows(geo, mask, mask_mpp)]
-    stain = estimate_stain(patches, geo.working_mpp, cfg.segment)
+    stain = _stain_of(reader, geo, mask, mask_mpp, cfg, reads)
     frames = [detect_tile(ref, t, geo, cfg, stain=stain, rgb=rgb) for t, (_, rgb) in zip(tiles, reads)]
     return geo, concat_cells(frames)
 
@@ -215,6 +217,7 @@ def tiles_in_plan(ref: SourceRef, cfg: RunConfig) -> int:
 
 
 __all__ = [
-    "plan_source", "plan_source_and_stain", "source_stain", "stain_windows", "detect_tile", "detect_field", "tile_window", "detect_source", "detect_sample",
+    "plan_source", "plan_source_and_stain", "source_stain", "stain_windows", "detect_tile", "detect_field",
+    "tile_window", "detect_source", "detect_sample",
     "cells_frame", "concat_cells", "empty_cells", "tiles_in_plan",
 ]

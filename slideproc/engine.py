@@ -35,6 +35,7 @@ import pandas as pd
 from .cluster import GPU, has_gpu_workers, worker_summary
 from .config import RunConfig
 from .errors import MissingMppError, SlideprocError, SourceError, StoreError
+from .detect import empty_cells
 from .schema import DETECT_COLUMNS
 from .sources.discover import SampleSpec
 from .tasks import (classify_task, crop_px_for, crop_task, detect_task, field_group_task, group_summary,
@@ -324,15 +325,20 @@ class Engine:
         cost the other fields. A slide, a file without mpp (every field of that
         folder lacks it too) or the last readable image still fails the sample.
         """
-        refs = state.spec.sources
-        if (len(refs) < 2 or any(r.reader != "image" for r in refs)
+        if (any(r.reader != "image" for r in state.spec.sources)
                 or not isinstance(err, SourceError) or isinstance(err, MissingMppError)
-                or len(state.skipped) + 1 >= len(refs)):
+                or not self._may_skip(state)):
             return False
         state.plans_pending -= 1
         self._record_skip(state, source, one_line(err))
         self._advance(state)
         return True
+
+    @staticmethod
+    def _may_skip(state: _Sample) -> bool:
+        """A folder may lose unreadable images, not all of them; a lone image fails its sample."""
+        n = len(state.spec.sources)
+        return n >= 2 and len(state.skipped) + 1 < n
 
     def _record_skip(self, state: _Sample, source: int, message: str) -> None:
         ref = state.spec.sources[source]
@@ -342,23 +348,21 @@ class Engine:
 
     def _on_group(self, state: _Sample, value: dict, group: int, start: int) -> None:
         """A field group's cells: one tile per field, consumed in source order like tiles."""
-        n_refs = len(state.spec.sources)
         by_field = dict(iter(value["cells"].groupby("_field", sort=True)))
         for k, geo in enumerate(value["geos"]):
             src = start + k
             if k in value["skipped"]:
-                # The same rule as _skip_source: a folder may lose unreadable images,
-                # not all of them; a lone image fails its sample.
-                if n_refs < 2 or len(state.skipped) + 1 >= n_refs:
-                    raise SourceError(value["skipped"][k])
-                self._record_skip(state, src, value["skipped"][k])
+                if not self._may_skip(state):
+                    raise value["skipped"][k]
+                self._record_skip(state, src, one_line(value["skipped"][k]))
                 self.progress.tile_done(0)
                 continue
             state.geos[src] = geo
             state.n_tiles[src] = 1
             frame = by_field.get(k)
+            # _advance skips empty frames; it only needs one per field to move on.
             state.tile_frames[(src, 0)] = (frame.drop(columns="_field").assign(_group=group)
-                                           if frame is not None else frame_like(value["cells"]))
+                                           if frame is not None else empty_cells())
             self.progress.tile_done(0 if frame is None else len(frame))
         if self.model is None:
             state.group_futs.pop(group, None)  # no crops to keep
@@ -412,11 +416,12 @@ class Engine:
         resources = {GPU: 1} if self.gpu else None
         if "_group" in part:
             # Field groups: slices of their crops, which stay on the workers.
-            parts = []
+            parts, groups = [], set()
             for g, rows in part.groupby("_group", sort=False):
                 r = rows["_row"].to_numpy()
                 parts.append((state.group_futs[g], int(r[0]), int(r[-1]) + 1))
-            state.batch_groups[index] = set(part["_group"].unique().tolist())
+                groups.add(g)
+            state.batch_groups[index] = groups
             self.batches_in_flight += 1
             self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, parts,
                          self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,
@@ -510,11 +515,6 @@ class Engine:
         log.info("%s: failed at %s: %s", state.spec.sample_id, stage, message)
         self.tiles_in_flight = sum(1 for k, s, _ in self.meta.values() if k in ("tile", "group"))
         self.batches_in_flight = sum(1 for k, s, _ in self.meta.values() if k == "classify")
-
-
-def frame_like(frame: pd.DataFrame) -> pd.DataFrame:
-    """An empty frame with ``frame``'s columns and dtypes, less ``_field``."""
-    return frame.iloc[:0].drop(columns="_field")
 
 
 def one_line(err: BaseException) -> str:

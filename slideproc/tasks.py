@@ -56,8 +56,8 @@ def field_group_task(refs: list[SourceRef], cfg: RunConfig, fov_um: float, input
     detect, crop), each a scheduler round trip that on a small machine costs as
     much as the image's work. Returns ``cells`` (DETECT_COLUMNS plus ``_field``,
     the field's index in ``refs``, and ``_row``, the cell's row in ``crops``),
-    ``geos`` (per field; None where skipped), ``skipped`` ({field: one-line
-    reason} for unreadable images, which the engine may leave out of their
+    ``geos`` (per field; None where skipped), ``skipped`` ({field: its SourceError}
+    for unreadable images, which the engine may leave out of their
     sample) and ``crops`` (uint8, cells' order; None without ``input_px``).
 
     A missing mpp is raised, not skipped: every field of the folder lacks it.
@@ -76,7 +76,7 @@ def field_group_task(refs: list[SourceRef], cfg: RunConfig, fov_um: float, input
             raise
         except SourceError as err:
             geos.append(None)
-            skipped[i] = str(err).splitlines()[0] if str(err) else type(err).__name__
+            skipped[i] = err
             continue
         geos.append(geo)
         frames.append(cells.assign(_field=i))

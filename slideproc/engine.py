@@ -297,7 +297,7 @@ class Engine:
                 # which must not travel to this client); its summary is.
                 state.group_futs[g] = self.client.submit(
                     field_group_task, list(state.spec.sources[start:stop]), self.cfg,
-                    self.cfg.crops.field_of_view_um, input_px, pure=False)
+                    self.cfg.crops.field_of_view_um, input_px, self.gpu, pure=False)
                 self._submit(state, "group", group_summary, state.group_futs[g], group=g, start=start)
                 continue
             src, tile, geo, stain = item
@@ -433,7 +433,7 @@ class Engine:
             crop_futs.append(self._submit(
                 state, "crop", crop_task, state.spec.sources[src], geo.mpp0,
                 group["x"].to_numpy(), group["y"].to_numpy(), self.cfg.crops.field_of_view_um,
-                state.crop_px, batch=index))
+                state.crop_px, self.model.input_size_px if self.gpu else None, batch=index))
         self.batches_in_flight += 1
         self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, crop_futs,
                      self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,

@@ -41,15 +41,23 @@ def crop_px_for(mpp0: float, fov_um: float, input_px: int) -> int:
     return int(max(16, min(input_px, round(fov_um / mpp0))))
 
 
-def crop_task(ref: SourceRef, mpp0: float, xs: np.ndarray, ys: np.ndarray, fov_um: float, out_px: int) -> np.ndarray:
-    """uint8 (N, out_px, out_px, 3) crops centred on level-0 (xs, ys)."""
+def crop_task(ref: SourceRef, mpp0: float, xs: np.ndarray, ys: np.ndarray, fov_um: float, out_px: int,
+              resize_px: int | None = None) -> np.ndarray:
+    """uint8 (N, out_px, out_px, 3) crops centred on level-0 (xs, ys); with
+    ``resize_px``, resized to the model input here (see :func:`classify_task`)."""
     from .crops import extract_crops
 
     reader = cached_reader(ref)
-    return extract_crops(reader, mpp0, np.asarray(xs), np.asarray(ys), fov_um, out_px)
+    crops = extract_crops(reader, mpp0, np.asarray(xs), np.asarray(ys), fov_um, out_px)
+    if resize_px:
+        from .classify.preprocess import resize_crops
+
+        crops = resize_crops(crops, resize_px)
+    return crops
 
 
-def field_group_task(refs: list[SourceRef], cfg: RunConfig, fov_um: float, input_px: int | None) -> dict:
+def field_group_task(refs: list[SourceRef], cfg: RunConfig, fov_um: float, input_px: int | None,
+                     resize: bool = False) -> dict:
     """Detect (and, with ``input_px``, crop) a group of image fields in one task.
 
     A folder of small fields would otherwise cost three tasks per image (plan,
@@ -62,7 +70,8 @@ def field_group_task(refs: list[SourceRef], cfg: RunConfig, fov_um: float, input
 
     A missing mpp is raised, not skipped: every field of the folder lacks it.
     Crops are cut at the field's own resolution (:func:`crop_px_for`); fields of
-    different resolution in one group are all resized to ``input_px``.
+    different resolution in one group, or every field with ``resize``, are
+    resized to ``input_px`` here (see :func:`classify_task` for where and why).
     """
     from .crops import extract_crops
     from .detect import concat_cells, detect_field
@@ -92,7 +101,7 @@ def field_group_task(refs: list[SourceRef], cfg: RunConfig, fov_um: float, input
     if input_px:
         from .classify.preprocess import resize_crops
 
-        if len({c.shape[1] for c in crops}) > 1:
+        if resize or len({c.shape[1] for c in crops}) > 1:
             crops = [resize_crops(c, input_px) for c in crops]
         out = np.concatenate(crops) if crops else np.zeros((0, input_px, input_px, 3), np.uint8)
     return {"cells": cells, "geos": geos, "skipped": skipped, "crops": out}
@@ -109,9 +118,13 @@ def classify_task(model_dir: str, sha256: str, parts: list, batch_size: int,
     """Calibrated probabilities for the concatenated crops, and where it ran.
 
     ``parts`` are uint8 crop arrays (:func:`crop_task`) or ``(group, start, stop)``
-    slices of a :func:`field_group_task` result's crops; each is resized to the
-    model input here, on the classifying worker, so crops travel at their
-    native size. ``sha256`` is part of the task's arguments so a changed model
+    slices of a :func:`field_group_task` result's crops; those not yet at the
+    model input are resized here. Where the classifier is a CPU worker, that
+    is the cheap place: crops travel at their native size (up to 9x fewer
+    bytes). A GPU worker is one process feeding a fast card, and resizing
+    there starved it (299 px on an H200: 300 cells/s against 1,500 for the bare
+    model), so with GPU workers the crop-producing CPU workers resize (the
+    same function, so the same pixels either way). ``sha256`` is part of the task's arguments so a changed model
     never reuses a cached predictor; the predictor itself is cached per worker
     process. ``return_crops`` also returns the model-input crops (--save-crops).
     """

@@ -110,3 +110,24 @@ def test_saved_crops_reproduce_the_stored_probabilities(small_archive, tiny_mode
         np.testing.assert_allclose(predictor.predict(crops), stored, atol=2e-3)  # float16 storage
         kinds.add("folder" if name.startswith("folder") else "slide")
     assert kinds == {"folder", "slide"}
+
+
+def test_crops_resized_by_the_producer_equal_those_resized_by_the_classifier(five_fields):
+    """With GPU workers the CPU workers resize the crops to the model input; the
+    pixels must be exactly those the classify task would have made."""
+    from slideproc.classify.preprocess import resize_crops
+    from slideproc.tasks import crop_task, field_group_task
+
+    cfg = load_run_config(None)
+    refs = [SourceRef(str(p), p.name, "image", mpp=0.25) for p in sorted(five_fields.parent.glob("five/*.png"))]
+    fov = cfg.crops.field_of_view_um
+    native = field_group_task(refs, cfg, fov, 299)
+    resized = field_group_task(refs, cfg, fov, 299, resize=True)
+    assert native["crops"].shape[1] < 299 and resized["crops"].shape[1:] == (299, 299, 3)
+    np.testing.assert_array_equal(resized["crops"], resize_crops(native["crops"], 299))
+    pd.testing.assert_frame_equal(resized["cells"], native["cells"])
+
+    cells = native["cells"][native["cells"]["_field"] == 0]
+    xs, ys, px = cells["x"].to_numpy(), cells["y"].to_numpy(), native["crops"].shape[1]
+    np.testing.assert_array_equal(crop_task(refs[0], 0.25, xs, ys, fov, px, resize_px=299),
+                                  resize_crops(crop_task(refs[0], 0.25, xs, ys, fov, px), 299))

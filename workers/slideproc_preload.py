@@ -4,12 +4,14 @@
         [--slideproc-model /shared/models/bm-v1] [--resources GPU=1]
 
 At worker start it:
-- keeps TensorFlow quiet and, on a GPU, lets it grow its memory instead of
-  taking the whole card (several processes may share a node);
-- limits TensorFlow's CPU threads to the worker's ``--nthreads`` so CPU workers
-  on one node do not oversubscribe the cores;
+- keeps TensorFlow quiet and, on a GPU, lets TensorFlow grow its memory and
+  stops JAX from taking 75 % of the card up front (several processes may
+  share a node). CPU threads need nothing here: Dask's nanny starts every
+  worker with OMP_NUM_THREADS=1 (and MKL/OpenBLAS alike), so N one-thread
+  workers on N cores do not oversubscribe them;
 - with ``--slideproc-model``, loads the model once at start-up (into the same
-  per-process cache the classify tasks use), so the first batch does not wait.
+  per-process cache the classify tasks use) and runs one batch through it, so
+  the predict function is compiled before the first real batch arrives.
 
 Nothing here is required: tasks load what they need lazily. It only makes the
 first minutes of a run faster and the logs readable.
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import click
 
-log = logging.getLogger("slideproc.worker")
+# A child of Dask's logger, so the worker's log shows these lines at its INFO level.
+log = logging.getLogger("distributed.worker.slideproc")
 
 
 @click.command()
@@ -31,13 +35,17 @@ log = logging.getLogger("slideproc.worker")
 def dask_setup(worker, slideproc_model, slideproc_batch_size):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    threads = str(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
-    os.environ.setdefault("SLIDEPROC_TF_THREADS", threads)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     resources = dict(getattr(worker.state, "total_resources", {}) or {})
-    log.info("slideproc worker %s: resources %s, TF threads %s", worker.address, resources, threads)
+    log.info("slideproc worker %s: resources %s", worker.address, resources)
     if slideproc_model:
+        import numpy as np
+
         from slideproc.classify.predict import get_predictor
 
+        start = time.perf_counter()
         predictor = get_predictor(slideproc_model, slideproc_batch_size)
-        log.info("slideproc worker %s: model %s loaded (sha256 %s)", worker.address, slideproc_model,
-                 predictor.loaded.sha256[:12])
+        size = predictor.input_size_px
+        predictor.predict_raw(np.zeros((1, size, size, 3), np.uint8))  # compiles the predict function
+        log.info("slideproc worker %s: model %s loaded and compiled in %.1f s (sha256 %s, %s)", worker.address,
+                 slideproc_model, time.perf_counter() - start, predictor.loaded.sha256[:12], predictor.precision)

@@ -256,10 +256,20 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
             break
 
     model.set_weights(best["weights"])
+    saved = _float32_copy(model, cfg, len(classes))
+    if precision != "float32":
+        # Trained under a mixed policy, saved (and served on CPUs) in float32:
+        # calibrate and report on the network as saved, not as trained.
+        val_model = LoadedModel(model=saved, labels=classes, sha256="(training)", input_size_px=m.input_size_px,
+                                temperature=1.0, path=out_dir)
+        predictor = Predictor(val_model, batch_size=t.batch_size, mixed_precision="float32")
+        best["probs"] = validate()
+        log.info("float32 copy of the best epoch: val macro-F1 %.3f (as trained, %s: %.3f)",
+                 _val_row(val_set.labels, best["probs"], classes)["val_macro_f1"], precision, best["macro_f1"])
     temperature = fit_temperature(best["probs"], val_set.labels)
     calibrated = apply_temperature(best["probs"], temperature)
     log.info("best epoch %d (val macro-F1 %.3f); temperature %.3f", best["epoch"], best["macro_f1"], temperature)
-    sha = _save_model(model, out_dir, cfg, len(classes))
+    sha = _save_model(saved, out_dir)
     info = {"labels": list(classes), "input_size_px": m.input_size_px, "temperature": temperature,
             "architecture": "InceptionResNetV2", "dropout": m.dropout,
             "preprocessing": "uint8 RGB resized to input_size_px (PIL bilinear), then x / 127.5 - 1 "
@@ -323,8 +333,8 @@ def _write_split(path: Path, train_set: ImageSet, val_set: ImageSet) -> None:
                 w.writerow([str(p), data.classes[y], subset_name])
 
 
-def _save_model(model: keras.Model, out_dir: Path, cfg: TrainConfig, n_classes: int) -> str:
-    """model.keras (float32, no optimizer) written atomically, and model.sha256."""
+def _float32_copy(model: keras.Model, cfg: TrainConfig, n_classes: int) -> keras.Model:
+    """The trained network rebuilt under float32, whatever policy it trained in."""
     m = cfg.model
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
@@ -333,6 +343,11 @@ def _save_model(model: keras.Model, out_dir: Path, cfg: TrainConfig, n_classes: 
     finally:
         keras.config.set_dtype_policy(previous)
     clean.set_weights(model.get_weights())
+    return clean
+
+
+def _save_model(clean: keras.Model, out_dir: Path) -> str:
+    """model.keras (float32, no optimizer) written atomically, and model.sha256."""
     final = out_dir / MODEL_FILE
     tmp = out_dir / f".{MODEL_FILE}.{os.getpid()}.tmp.keras"
     clean.save(tmp)

@@ -130,3 +130,46 @@ def test_cpu_recipe_on_real_matek_crops(matek_dir, tmp_path):
     assert metrics["classes"] == ["BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO"]
     assert metrics["train_minutes"] <= 30
     assert metrics["validation"]["balanced_accuracy"] >= 0.80
+
+
+def test_mixed_precision_training_reports_the_float32_model_it_saves(tmp_path_factory, tmp_path):
+    """train-cpu.yaml trains in bfloat16; what is saved, calibrated and reported
+    is the float32 copy, so metrics.json describes the file the engine loads."""
+    from classify_fixtures import TINY_CONFIG
+
+    from slideproc.classify.loading import load_model_dir
+    from slideproc.classify.predict import Predictor
+    from slideproc.cli import main
+    from slideproc.metrics import classification_metrics
+
+    data = tiny_data(tmp_path_factory.getbasetemp())
+    cfg = tmp_path / "bf16.yaml"
+    cfg.write_text(TINY_CONFIG.replace("  workers: 2", "  workers: 2\n  mixed_precision: mixed_bfloat16"),
+                   encoding="utf-8")
+    out = tmp_path / "model"
+    assert main(["-q", "train", str(data), "--out", str(out), "--config", str(cfg)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "mixed_bfloat16"
+    loaded = load_model_dir(out)
+    assert all(w.dtype == np.float32 for w in loaded.model.get_weights())
+    split = list(csv.DictReader(open(out / "split.csv")))
+    val = [r for r in split if r["subset"] == "val"]
+    from slideproc.pipeline import iter_crops
+
+    crops = np.concatenate(list(iter_crops([r["path"] for r in val], 75, 8, 1)))
+    probs = Predictor(loaded, batch_size=8, mixed_precision="float32").predict(crops)
+    y = np.array([metrics["classes"].index(r["class"]) for r in val])
+    again = classification_metrics(y, probs, metrics["classes"])
+    assert again["balanced_accuracy"] == pytest.approx(metrics["validation"]["balanced_accuracy"])
+    assert again["log_loss"] == pytest.approx(metrics["validation"]["log_loss"], rel=1e-4)
+
+
+def test_cpu_has_bf16_reads_cpuinfo_flags(tmp_path):
+    from slideproc.classify.predict import cpu_has_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n", encoding="utf-8")
+    assert cpu_has_bf16(str(info)) is True
+    info.write_text("processor: 0\nflags\t\t: fpu sse avx2\n", encoding="utf-8")
+    assert cpu_has_bf16(str(info)) is False
+    assert cpu_has_bf16(str(tmp_path / "absent")) is None

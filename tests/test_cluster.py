@@ -21,6 +21,7 @@ from engine_fixtures import archive_inputs, assert_same_outputs
 
 pytestmark = pytest.mark.timeout(600)
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -33,7 +34,8 @@ def _free_port() -> int:
 def cluster(tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    # As workers/start-*-worker.sh run them: with workers/dask.yaml.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DASK_CONFIG": str(REPO / "workers")}
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = {}
@@ -108,3 +110,20 @@ def test_killing_a_worker_mid_run_loses_nothing(cluster, small_archive, tiny_mod
     output, _ = run.communicate(timeout=400)
     assert run.returncode == 0, output
     assert_same_outputs(reference_run, out)
+
+
+def test_workers_keep_glibc_malloc_defaults(cluster):
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 made detection 1.54x slower per tile
+    (cluster.py); neither slideproc's local workers nor workers started with
+    workers/dask.yaml get it."""
+    from distributed import Client
+
+    from slideproc.cluster import open_client
+    from slideproc.config import load_run_config
+
+    # A lambda travels by value (this test module is not importable on the workers).
+    _trim_setting = lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_")  # noqa: E731
+    with open_client(None, load_run_config(None).engine, workers=1) as client:
+        assert set(client.run(_trim_setting).values()) == {None}
+    with Client(cluster[0], timeout="60s") as client:
+        assert set(client.run(_trim_setting).values()) == {None}

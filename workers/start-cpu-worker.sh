@@ -7,6 +7,8 @@ set -euo pipefail
 scheduler=${1:?usage: $0 tcp://SCHEDULER:8786 [NPROCS]}
 nprocs=${2:-$(nproc)}
 here=$(cd "$(dirname "$0")" && pwd)
+# workers/dask.yaml: keep glibc's malloc defaults (see the file) unless DASK_CONFIG is set.
+export DASK_CONFIG="${DASK_CONFIG:-$here}"
 # Hide GPUs: a CPU worker must never grab a card that a GPU worker owns.
 CUDA_VISIBLE_DEVICES="" exec dask worker "$scheduler" \
   --name "cpu-$(hostname)" --nworkers "$nprocs" --nthreads 1 --memory-limit auto \

@@ -7,6 +7,8 @@ set -euo pipefail
 scheduler=${1:?usage: $0 tcp://SCHEDULER:8786 [MODEL_DIR]}
 model=${2:-}
 here=$(cd "$(dirname "$0")" && pwd)
+# workers/dask.yaml: keep glibc's malloc defaults (see the file) unless DASK_CONFIG is set.
+export DASK_CONFIG="${DASK_CONFIG:-$here}"
 gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || echo 0)
 pids=()
 for gpu in $gpus; do

@@ -186,14 +186,19 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
                               balance=t.balance, steps=t.steps_per_epoch, workers=t.workers)
     plain = TrainingBatches(train_set, m.input_size_px, t.batch_size, seed=t.seed + 1, augment_cfg=None,
                             balance="none", workers=t.workers)
-    val_model = LoadedModel(model=model, labels=classes, sha256="(training)", input_size_px=m.input_size_px,
-                            temperature=1.0, path=out_dir)
-    predictor = Predictor(val_model, batch_size=t.batch_size, mixed_precision="float32")
+    def predictor_for(network: keras.Model) -> Predictor:
+        """A predictor running ``network`` as it is (in its own dtype policy)."""
+        loaded = LoadedModel(model=network, labels=classes, sha256="(training)", input_size_px=m.input_size_px,
+                             temperature=1.0, path=out_dir)
+        return Predictor(loaded, batch_size=t.batch_size, mixed_precision="float32")
 
-    def validate() -> np.ndarray:
+    def validate(predictor: Predictor) -> np.ndarray:
+        """Uncalibrated probabilities on the validation split."""
         out = [predictor.predict_raw(x) for x in iter_crops(val_set.paths, m.input_size_px, t.batch_size,
                                                             t.workers)]
         return np.concatenate(out)
+
+    training_predictor = predictor_for(model)
 
     phases = []
     if weights.pretrained and t.head_epochs > 0:
@@ -228,7 +233,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
                 plain.set_epoch(epoch)
                 recompute_bn_statistics(model, (plain[i][0] for i in range(min(t.bn_recompute_batches,
                                                                                    len(plain)))))
-            probs = validate()
+            probs = validate(training_predictor)
             row = {"epoch": epoch + 1, "phase": phase, "learning_rate": rate,
                    "loss": float(fit.history["loss"][-1]), "accuracy": float(fit.history["accuracy"][-1]),
                    **_val_row(val_set.labels, probs, classes), "seconds": time.monotonic() - tick}
@@ -260,10 +265,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
     if precision != "float32":
         # Trained under a mixed policy, saved (and served on CPUs) in float32:
         # calibrate and report on the network as saved, not as trained.
-        val_model = LoadedModel(model=saved, labels=classes, sha256="(training)", input_size_px=m.input_size_px,
-                                temperature=1.0, path=out_dir)
-        predictor = Predictor(val_model, batch_size=t.batch_size, mixed_precision="float32")
-        best["probs"] = validate()
+        best["probs"] = validate(predictor_for(saved))
         log.info("float32 copy of the best epoch: val macro-F1 %.3f (as trained, %s: %.3f)",
                  _val_row(val_set.labels, best["probs"], classes)["val_macro_f1"], precision, best["macro_f1"])
     temperature = fit_temperature(best["probs"], val_set.labels)

@@ -61,7 +61,7 @@ def open_client(scheduler: str | None, cfg: EngineConfig, workers: int | None = 
 # hand freed memory back to the OS. Setting any such glibc knob also turns off
 # glibc's adaptive mmap threshold, so every large temporary array (segmentation
 # makes dozens per tile) is a fresh mmap, zeroed page by page: detection ran
-# 1.54x slower per tile (3.57 s vs 2.32 s for the same tiles). slideproc's
+# 1.39x slower per tile (benchmarks/bench_tile_malloc.py). slideproc's
 # memory is bounded by tiles in flight, so its workers keep glibc's defaults.
 # workers/dask.yaml does the same for workers an operator starts.
 LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}

@@ -113,7 +113,7 @@ def test_killing_a_worker_mid_run_loses_nothing(cluster, small_archive, tiny_mod
 
 
 def test_workers_keep_glibc_malloc_defaults(cluster):
-    """Dask's MALLOC_TRIM_THRESHOLD_=65536 made detection 1.54x slower per tile
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 made detection 1.39x slower per tile
     (cluster.py); neither slideproc's local workers nor workers started with
     workers/dask.yaml get it."""
     from distributed import Client

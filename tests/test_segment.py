@@ -172,3 +172,42 @@ def test_darker_rim_of_cytoplasm_is_not_cut_off_as_a_nucleus():
     assert len(res) == 1
     assert res.nucleus_area_um2[0] > np.pi * 6.0 ** 2  # the pale nucleus is in it
     assert _near(res, mpp, [(20.0, 20.0)], 1.6) == [1]
+
+
+@pytest.mark.parametrize("density", [0.0005, 0.004, 0.05])
+def test_windowed_nearest_fragment_equals_a_whole_tile_transform_within_reach(density):
+    """The windowed transform gives the exact distance wherever it is read
+    (<= reach) and the label of a fragment at that distance, at sparse
+    (windows) and dense (one whole-tile transform) fragment densities."""
+    from scipy import ndimage
+
+    from slideproc.segment import nearest_fragment
+
+    rng = np.random.default_rng(7)
+    seeds = rng.random((300, 280)) < density
+    frag, _ = ndimage.label(ndimage.binary_dilation(seeds, iterations=2))
+    reach = 8.0
+    dist, nearest = nearest_fragment(frag, reach)
+    full, (iy, ix) = ndimage.distance_transform_edt(frag == 0, return_indices=True)
+    near = full <= reach
+    np.testing.assert_array_equal(dist[near], full[near])
+    # Ties may pick another fragment at the same distance: check the distance
+    # from the pixel to the label it got.
+    for y, x in zip(*np.nonzero(near & (nearest != frag[iy, ix]))):
+        fy, fx = np.nonzero(frag == nearest[y, x])
+        assert np.hypot(fy - y, fx - x).min() == pytest.approx(full[y, x])
+    assert np.all(nearest[near] > 0) and np.all(nearest[~near & np.isinf(dist)] == 0)
+    assert np.all(dist[~near] > reach)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+def test_binary_opening_equals_scipy(radius):
+    from scipy import ndimage
+
+    from slideproc.segment import _disk, binary_opening
+
+    rng = np.random.default_rng(radius)
+    mask = ndimage.gaussian_filter(rng.random((97, 131)), 2) > 0.5
+    mask[0, :] = mask[:, -1] = True  # objects on the border: outside counts as background
+    st = _disk(radius)
+    np.testing.assert_array_equal(binary_opening(mask, st), ndimage.binary_opening(mask, structure=st))

@@ -156,24 +156,29 @@ def nuclear_threshold(nuc: np.ndarray, stained: np.ndarray, cfg: SegmentConfig) 
 # ----------------------------------------------------------------------------
 # split and group
 # ----------------------------------------------------------------------------
-def _refine_large(mask: np.ndarray, nuc: np.ndarray, t: float, cfg: SegmentConfig, mpp: float) -> np.ndarray:
+def _refine_large(mask: np.ndarray, nuc: np.ndarray, t: float, cfg: SegmentConfig, mpp: float,
+                  labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Re-threshold blobs larger than ``max_single_nucleus_area_um2`` with Otsu on
     their own pixels, twice at most: deep-blue cytoplasm crosses the tile
-    threshold, but the nucleus inside it is darker still."""
+    threshold, but the nucleus inside it is darker still.
+
+    ``labels``: the blobs of ``mask`` labelled, when the caller has them.
+    Returns the mask and its labels (None when the last cut changed it):
+    labelling a whole tile is one of the costlier steps, so it is done once
+    where nothing changes."""
     from skimage.filters import threshold_otsu
 
     big_px = cfg.max_single_nucleus_area_um2 / (mpp * mpp)
     hole_px = cfg.max_hole_um2 / (mpp * mpp)
     keep_px = cfg.min_nucleus_area_um2 / (mpp * mpp)
     for _ in range(2):
-        labels, n = ndimage.label(mask)
-        if n == 0:
-            return mask
+        if labels is None:
+            labels, _ = ndimage.label(mask)
         sizes = np.bincount(labels.ravel())
         big = np.flatnonzero(sizes > big_px)
         big = big[big > 0]
         if big.size == 0:
-            return mask
+            return mask, labels
         changed = False
         slices = ndimage.find_objects(labels)
         for i in big:
@@ -203,8 +208,9 @@ def _refine_large(mask: np.ndarray, nuc: np.ndarray, t: float, cfg: SegmentConfi
             sub[comp] = inner[comp]
             changed = True
         if not changed:
-            return mask
-    return mask
+            return mask, labels
+        labels = None
+    return mask, None
 
 
 def _depth(comp: np.ndarray, sl, shape) -> np.ndarray:
@@ -263,13 +269,15 @@ def binary_opening(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
     return out
 
 
-def _split_touching(mask: np.ndarray, r_min_px: float) -> np.ndarray:
-    """Label image of ``mask`` with touching round nuclei split by a distance watershed."""
+def _split_touching(mask: np.ndarray, r_min_px: float, labels: np.ndarray | None = None) -> np.ndarray:
+    """Label image of ``mask`` with touching round nuclei split by a distance
+    watershed (``labels``: ``mask`` already labelled, if at hand)."""
     from skimage.segmentation import watershed
 
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return labels
+    if labels is None:
+        labels, _ = ndimage.label(mask)
+    if not labels.any():
+        return np.zeros(mask.shape, np.int32)
     out = np.zeros_like(labels)
     next_label = 1
     slices = ndimage.find_objects(labels)
@@ -487,16 +495,25 @@ def _level_blobs(nuc: np.ndarray, t: float, cfg: SegmentConfig, mpp: float) -> t
     return labels, keep
 
 
-def _fragments(mask: np.ndarray, nuc: np.ndarray, t: float, cfg: SegmentConfig, mpp: float) -> np.ndarray:
-    """Nuclear fragments of the blobs ``mask`` found at level ``t``, labelled
-    1..n (all 0 when there are none): blobs too big for one nucleus are cut
-    again at their own level, touching nuclei are split."""
+def _fragments(mask: np.ndarray, nuc: np.ndarray, t: float, cfg: SegmentConfig, mpp: float,
+               labels: np.ndarray | None = None) -> np.ndarray:
+    """Nuclear fragments of the blobs ``mask`` found at level ``t`` (``labels``:
+    those blobs labelled, if at hand), labelled 1..n (all 0 when there are
+    none): blobs too big for one nucleus are cut again at their own level,
+    touching nuclei are split."""
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
     # Blobs too big for one nucleus hold dark nuclei in blue cytoplasm (blasts,
     # plasma cells, proerythroblasts): cut them again at their own level.
-    mask = _refine_large(mask, nuc, t, cfg, mpp)
-    return _split_touching(mask, cfg.min_nucleus_radius_um / mpp)
+    mask, labels = _refine_large(mask, nuc, t, cfg, mpp, labels)
+    return _split_touching(mask, cfg.min_nucleus_radius_um / mpp, labels)
+
+
+def _kept(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The blobs ``keep[labels]``, labelled 1..n in the order of ``labels``."""
+    renumber = np.zeros(len(keep), labels.dtype)
+    renumber[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+    return renumber[labels]
 
 
 def _cells_of(frag: np.ndarray, nuc: np.ndarray, cytoplasm: np.ndarray, t: float, cfg: SegmentConfig,
@@ -634,7 +651,9 @@ def segment_tile(rgb: np.ndarray, mpp: float, cfg: SegmentConfig | None = None,
     t = stain.threshold if stain else nuclear_threshold(nuc, stained, cfg)
     cytoplasm = stained & (nuc > cfg.cytoplasm_min_od)
     labels, keep = _level_blobs(nuc, t, cfg, mpp)
-    frag = _fragments(keep[labels], nuc, t, cfg, mpp)
+    kept = _kept(labels, keep)
+    frag = _fragments(kept > 0, nuc, t, cfg, mpp, kept)
+    del kept
     del labels
     dist, nearest, frag_to_cell, nuc_area = _cells_of(frag, nuc, cytoplasm, t, cfg, mpp)
     # A field dense with dark nuclei sets its threshold above a pale nucleus

@@ -173,3 +173,46 @@ def test_cpu_has_bf16_reads_cpuinfo_flags(tmp_path):
     info.write_text("processor: 0\nflags\t\t: fpu sse avx2\n", encoding="utf-8")
     assert cpu_has_bf16(str(info)) is False
     assert cpu_has_bf16(str(tmp_path / "absent")) is None
+
+
+def test_weight_average_is_the_running_mean_of_float_weights():
+    from slideproc.train import WeightAverage
+
+    rng = np.random.default_rng(0)
+    snaps = [[rng.normal(size=(3, 2)).astype(np.float32), np.array([k], np.int64)] for k in range(4)]
+    avg = WeightAverage()
+    for epoch, s in enumerate(snaps, start=5):
+        avg.add(s, epoch)
+    np.testing.assert_allclose(avg.mean[0], np.mean([s[0] for s in snaps], axis=0), rtol=1e-6)
+    assert avg.mean[1][0] == 3  # integer state: the latest value, not a mean
+    assert snaps[0][0] is not avg.mean[0]  # the first snapshot is copied, not aliased
+    assert avg.describe(8) == "average of the weights after epochs 5-8"
+
+
+def test_training_with_weight_averaging_validates_the_average_and_reports_what_it_saved(tmp_path_factory, tmp_path):
+    """average_from: the weight average is validated beside the raw weights
+    (history.csv), and whichever is kept is what metrics.json describes."""
+    from classify_fixtures import TINY_CONFIG
+
+    from slideproc.classify.loading import load_model_dir
+    from slideproc.classify.predict import Predictor
+    from slideproc.cli import main
+    from slideproc.metrics import classification_metrics
+    from slideproc.pipeline import iter_crops
+
+    data = tiny_data(tmp_path_factory.getbasetemp())
+    cfg = tmp_path / "avg.yaml"
+    cfg.write_text(TINY_CONFIG.replace("  epochs: 1", "  epochs: 2\n  average_from: 0.5\n  average_bn_batches: 2"),
+                   encoding="utf-8")
+    out = tmp_path / "model"
+    assert main(["-q", "train", str(data), "--out", str(out), "--config", str(cfg)]) == 0
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert [r["avg_val_macro_f1"] == "" for r in rows] == [True, False]  # averaging starts half-way
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_weights"] in ("weights after the epoch", "average of the weights after epochs 2-2")
+    split = [r for r in csv.DictReader(open(out / "split.csv")) if r["subset"] == "val"]
+    crops = np.concatenate(list(iter_crops([r["path"] for r in split], 75, 8, 1)))
+    probs = Predictor(load_model_dir(out), batch_size=8, mixed_precision="float32").predict(crops)
+    y = np.array([metrics["classes"].index(r["class"]) for r in split])
+    again = classification_metrics(y, probs, metrics["classes"])
+    assert again["log_loss"] == pytest.approx(metrics["validation"]["log_loss"], rel=1e-4)

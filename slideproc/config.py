@@ -304,14 +304,6 @@ class TrainingConfig:
     # Before each validation, recompute batch-norm statistics as the exact mean
     # over this many training batches (0 = use the running averages).
     bn_recompute_batches: int = 0
-    # Weight averaging (SWA): from this share of the main phase on (0-1; 0 =
-    # off), the weights at the end of each epoch are averaged, and the average,
-    # with batch-norm statistics recomputed on ``average_bn_batches`` clean
-    # batches, is validated beside the raw weights; the better of the two at
-    # the best epoch is kept. An average sits in the middle of the minimum the
-    # last epochs circle around, where single epochs swing.
-    average_from: float = 0.0
-    average_bn_batches: int = 16
     # Training batches per epoch; null = one pass over the training split.
     steps_per_epoch: int | None = None
     # Threads decoding and augmenting images in parallel with training.
@@ -541,8 +533,7 @@ def _validate(obj: Any, prefix: str) -> None:
                   "head_learning_rate", "workers", "steps_per_epoch", "max_minutes")
         _positive(obj, prefix, "head_epochs", "weight_decay", "warmup_epochs",
                   "early_stopping_patience", "bn_recompute_batches", allow_zero=True)
-        _positive(obj, prefix, "average_bn_batches")
-        _fraction(obj, prefix, "label_smoothing", "average_from")
+        _fraction(obj, prefix, "label_smoothing")
         if not 0.0 < obj.val_fraction < 1.0:
             raise ConfigError(f"config key '{prefix}.val_fraction' must be between 0 and 1, got {obj.val_fraction!r}")
         for name, choices in (("balance", BALANCE_CHOICES), ("optimizer", OPTIMIZER_CHOICES),

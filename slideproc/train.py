@@ -37,8 +37,7 @@ from .pipeline import TrainingBatches, iter_crops
 log = logging.getLogger("slideproc.train")
 
 HISTORY_FIELDS = ("epoch", "phase", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy",
-                  "val_balanced_accuracy", "val_macro_f1", "avg_val_balanced_accuracy", "avg_val_macro_f1",
-                  "seconds")
+                  "val_balanced_accuracy", "val_macro_f1", "seconds")
 
 
 def learning_rate_at(progress: float, peak: float, warmup: float, kind: str) -> float:
@@ -131,35 +130,6 @@ def recompute_bn_statistics(model: keras.Model, batches) -> int:
     return k
 
 
-class WeightAverage:
-    """Running mean of a network's weights taken at the ends of epochs (SWA).
-
-    Floating-point weights are averaged; others (seed-generator states) take
-    the latest value. Batch-norm moving statistics are averaged too, but only
-    as a starting point: the average network needs its own, recomputed.
-    """
-
-    def __init__(self) -> None:
-        self.mean: list[np.ndarray] | None = None
-        self.count = 0
-        self.first_epoch = 0
-
-    def add(self, weights: list[np.ndarray], epoch: int) -> None:
-        if self.mean is None:
-            self.mean = [np.array(w, copy=True) for w in weights]
-            self.count, self.first_epoch = 1, epoch
-            return
-        self.count += 1
-        for m, w in zip(self.mean, weights):
-            if np.issubdtype(m.dtype, np.floating):
-                m += (w - m) / self.count
-            else:
-                m[...] = w
-
-    def describe(self, last_epoch: int) -> str:
-        return f"average of the weights after epochs {self.first_epoch}-{last_epoch}"
-
-
 def _val_row(y: np.ndarray, probs: np.ndarray, classes) -> dict:
     m = classification_metrics(y, probs, classes)
     return {"val_loss": m["log_loss"], "val_accuracy": m["top1_accuracy"],
@@ -237,22 +207,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
 
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing)
     history = _History(out_dir / "history.csv")
-    best = {"macro_f1": -1.0, "epoch": 0, "weights": None, "probs": None, "kind": "weights after the epoch"}
-    average = WeightAverage()
-
-    def validate_average(epoch: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Validation probabilities of the weight average (its batch-norm
-        statistics recomputed) and its weights; the model's own are restored."""
-        raw = model.get_weights()
-        average.add(raw, epoch)
-        try:
-            model.set_weights(average.mean)
-            plain.set_epoch(epoch)
-            recompute_bn_statistics(model, (plain[i][0] for i in range(min(t.average_bn_batches, len(plain)))))
-            return validate(training_predictor), model.get_weights()
-        finally:
-            model.set_weights(raw)
-
+    best = {"macro_f1": -1.0, "epoch": 0, "weights": None, "probs": None}
     epoch, since_best, stopped = 0, 0, ""
     # Keep a minute for saving (a 220 MB model.keras, its digest) and calibration.
     deadline = (start + 60 * max(t.max_minutes - 1.0, t.max_minutes / 2)
@@ -281,32 +236,19 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
             probs = validate(training_predictor)
             row = {"epoch": epoch + 1, "phase": phase, "learning_rate": rate,
                    "loss": float(fit.history["loss"][-1]), "accuracy": float(fit.history["accuracy"][-1]),
-                   **_val_row(val_set.labels, probs, classes)}
-            epoch += 1
-            improved = ""
-            if row["val_macro_f1"] > best["macro_f1"]:
-                best.update(macro_f1=row["val_macro_f1"], epoch=epoch, weights=model.get_weights(), probs=probs,
-                            kind="weights after the epoch")
-                improved = " *best*"
-            if backbone_trainable and 0 < t.average_from <= clock.progress(phase_epoch):
-                avg_probs, avg_weights = validate_average(epoch)
-                avg = _val_row(val_set.labels, avg_probs, classes)
-                row.update(avg_val_balanced_accuracy=avg["val_balanced_accuracy"],
-                           avg_val_macro_f1=avg["val_macro_f1"])
-                if avg["val_macro_f1"] > best["macro_f1"]:
-                    best.update(macro_f1=avg["val_macro_f1"], epoch=epoch, weights=avg_weights, probs=avg_probs,
-                                kind=average.describe(epoch))
-                    improved = " *best: average*"
-            row["seconds"] = time.monotonic() - tick
+                   **_val_row(val_set.labels, probs, classes), "seconds": time.monotonic() - tick}
             clock.durations.append(row["seconds"])
             history.add(row)
-            since_best = 0 if improved else since_best + 1
-            log.info("epoch %d (%s): loss %.3f, val accuracy %.3f, balanced %.3f, macro-F1 %.3f%s%s [%.0f s]",
+            epoch += 1
+            improved = row["val_macro_f1"] > best["macro_f1"]
+            if improved:
+                best.update(macro_f1=row["val_macro_f1"], epoch=epoch, weights=model.get_weights(), probs=probs)
+                since_best = 0
+            else:
+                since_best += 1
+            log.info("epoch %d (%s): loss %.3f, val accuracy %.3f, balanced %.3f, macro-F1 %.3f%s [%.0f s]",
                      epoch, phase, row["loss"], row["val_accuracy"], row["val_balanced_accuracy"],
-                     row["val_macro_f1"],
-                     f"; average: balanced {row['avg_val_balanced_accuracy']:.3f}, macro-F1 "
-                     f"{row['avg_val_macro_f1']:.3f}" if "avg_val_macro_f1" in row else "",
-                     improved, row["seconds"])
+                     row["val_macro_f1"], " *best*" if improved else "", row["seconds"])
             if phase_epoch + 1 < n_epochs and clock.out_of_time():
                 stopped = (f"time budget: another epoch would pass max_minutes {t.max_minutes} "
                            f"(at {(time.monotonic() - start) / 60:.1f} min)")
@@ -328,8 +270,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
                  _val_row(val_set.labels, best["probs"], classes)["val_macro_f1"], precision, best["macro_f1"])
     temperature = fit_temperature(best["probs"], val_set.labels)
     calibrated = apply_temperature(best["probs"], temperature)
-    log.info("best epoch %d, %s (val macro-F1 %.3f); temperature %.3f", best["epoch"], best["kind"],
-             best["macro_f1"], temperature)
+    log.info("best epoch %d (val macro-F1 %.3f); temperature %.3f", best["epoch"], best["macro_f1"], temperature)
     sha = _save_model(saved, out_dir)
     info = {"labels": list(classes), "input_size_px": m.input_size_px, "temperature": temperature,
             "architecture": "InceptionResNetV2", "dropout": m.dropout,
@@ -356,7 +297,6 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
         "train_counts": train_set.counts(),
         "val_counts": val_set.counts(),
         "best_epoch": best["epoch"],
-        "best_weights": best["kind"],
         "epochs_run": epoch,
         "stopped": stopped or "completed all epochs",
         "train_minutes": round((time.monotonic() - start) / 60, 2),

@@ -35,8 +35,10 @@ Method:
    the nucleus grown through cytoplasm by <= ``cytoplasm_um`` (nearest
    nucleus wins between touching cells); it gives the centre, box and area.
 
-Speed: OD by table look-up, one blur, one distance transform with indices
-shared by grouping and cell masks; ~0.2-0.4 s per 1024^2 tile on one core.
+Speed: OD by table look-up, one blur, one labelling of the blobs, one
+distance transform with indices (in windows around the nuclei) shared by
+grouping and cell masks; ~0.11 s per 1,144 px synthetic-smear tile on one core
+(benchmarks/bench_tile_malloc.py).
 The pale-level pass (only above ``pale_nucleus_threshold``) works in the box
 around its candidate blobs; where it runs it adds up to ~60-100 % to a tile.
 """

@@ -183,8 +183,9 @@ class ReferenceRange:
     high_percent: float = 100.0
 
 
-# Typical adult marrow (docs/CELLS.md); textbooks and labs differ, so they are
-# configurable and shown as "typical adult" only.
+# Typical adult marrow, composite teaching ranges (REFERENCE_RANGES.md gives the
+# published cohorts to check them against, and where they disagree); textbooks and
+# labs differ, so they are configurable and shown as "typical adult" only.
 DEFAULT_REFERENCE_RANGES = (
     ReferenceRange("blasts", ("BLA",), 0.0, 3.0),
     ReferenceRange("promyelocytes", ("PMO",), 2.0, 8.0),

@@ -1,7 +1,7 @@
 """Tiny hand-drawn MGG-like fields with exact cell centres, for the detection tests.
 
 Drawn in optical density (Beer-Lambert), in micrometres, so one description
-renders at any resolution. Colours follow CELLS.md: purple-blue nuclei, blue or
+renders at any resolution. Colours follow May-Gruenwald-Giemsa staining: purple-blue nuclei, blue or
 pale lilac cytoplasm, pink red cells with a pale centre, small purple platelets.
 """
 

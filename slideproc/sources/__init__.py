@@ -2,7 +2,7 @@
 
 ``open_source(ref)`` picks the reader named in the ref; ``open_path(path)``
 tries OpenSlide, then the image decoders, and names the file and what was
-tried when neither can open it. ``resolve_mpp`` applies the rule of DESIGN.md:
+tried when neither can open it. ``resolve_mpp`` applies the rule of README.md (Inputs, Resolution):
 the file's metadata, else the manifest / --mpp, else the configured fallback,
 else a MissingMppError naming the file and the fix.
 """

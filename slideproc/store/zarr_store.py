@@ -1,6 +1,6 @@
 """results.zarr: the run's record, one Zarr v3 group per sample, written atomically.
 
-Layout (DESIGN.md, "Outputs")::
+Layout (README.md, "Outputs")::
 
     results.zarr/                 attrs: slideproc_version, run_id, class_names,
                                   model_sha256, config

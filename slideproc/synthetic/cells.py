@@ -7,7 +7,8 @@ pyramid level of a 0.25 um/px slide.
 
 Colours are optical densities (OD = -ln(I / I0)) so stains add where objects
 overlap (a red cell over cytoplasm looks like both), as in transmitted light.
-Sizes, shapes and colours follow docs/CELLS.md; where real classes overlap
+Sizes, shapes and colours follow the class table in README.md (typical diameters
+of May-Gruenwald-Giemsa stained cells); where real classes overlap
 (blast vs immature lymphocyte) the ranges are pulled apart on purpose so the
 classes stay separable (a classifier is expected to reach >= 0.97 on them).
 """

@@ -1,6 +1,6 @@
 """What a synthetic sample holds: class proportions per sample type, and exact counts.
 
-Normal ranges are the "typical adult" marrow differential of docs/CELLS.md
+Normal ranges are the "typical adult" marrow differential of REFERENCE_RANGES.md
 (% of nucleated cells); a sample draws each class within its range, and the
 abnormal types override one group. Counts are rounded by largest remainder so
 they add up to the number of cells asked for, exactly.
@@ -12,7 +12,7 @@ import numpy as np
 
 SAMPLE_TYPES = ("normal", "aml", "myeloma", "erythroid")
 
-# % of nucleated cells, typical adult marrow (CELLS.md). Classes CELLS.md gives
+# % of nucleated cells, typical adult marrow (REFERENCE_RANGES.md). Classes it gives
 # no range for (rare or non-cell) get small ones so every class shows up.
 NORMAL_RANGES = {
     "BLA": (0.5, 3), "PMO": (2, 8), "MYB": (10, 15), "MMZ": (10, 15), "NGB": (10, 15),

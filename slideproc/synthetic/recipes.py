@@ -1,6 +1,6 @@
 """One recipe per Matek class: a random generator in, a :class:`CellModel` out.
 
-Sizes, shapes and colours follow docs/CELLS.md (diameters in um). Where real
+Sizes, shapes and colours follow the class table in README.md (diameters in um). Where real
 classes overlap (blast vs immature lymphocyte, metamyelocyte vs band) the
 ranges are pulled apart on purpose so the classes stay separable: a classifier
 trained on one seed's crops is expected to reach >= 0.97 on fresh seeds.

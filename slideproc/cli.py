@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=None, help="share of each class held out (0-1)")
     s.add_argument("--val-dir", type=Path, default=None, help="class-folder validation set (no split)")
     s.add_argument("--min-per-class", type=_positive_int, default=None,
-                   help="leave out classes with fewer images (reported)")
+                   help="leave out classes with fewer images (default 20, training.min_per_class; "
+                        "the classes left out are named in the log and metrics.json)")
     s.add_argument("--seed", type=int, default=None)
     s.set_defaults(func=_cmd_train)
 
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data_dir", type=Path)
     s.add_argument("--out", type=Path, default=None, help="EVAL_DIR (default MODEL_DIR/eval)")
     s.add_argument("--batch-size", type=_positive_int, default=32)
+    s.add_argument("--config", type=Path, default=None,
+                   help="run config whose classify.tta_views to use (default: the packaged configs/default.yaml)")
+    s.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=None,
+                   help="test-time views averaged per crop (overrides the config's classify.tta_views)")
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("run", help="detect and classify every cell of an archive on Dask")
@@ -242,17 +247,26 @@ def _cmd_train(args) -> int:
         "training.min_per_class": args.min_per_class,
         "training.seed": args.seed,
     })
-    from .train import train  # TensorFlow/Keras load here, not at start-up
+    from .backend_noise import import_keras
+
+    import_keras()  # TensorFlow/Keras load here, not at start-up, without their import noise
+    from .train import train
 
     train(args.data_dir, args.out, cfg, val_dir=args.val_dir, verbose=0 if args.quiet else 1)
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluate import evaluate  # TensorFlow/Keras load here, not at start-up
+    from .config import load_run_config
+
+    views = args.tta_views if args.tta_views is not None else load_run_config(args.config).classify.tta_views
+    from .backend_noise import import_keras
+
+    import_keras()  # TensorFlow/Keras load here, not at start-up, without their import noise
+    from .evaluate import evaluate
 
     out = args.out if args.out is not None else args.model_dir / "eval"
-    evaluate(args.model_dir, args.data_dir, out, batch_size=args.batch_size)
+    evaluate(args.model_dir, args.data_dir, out, batch_size=args.batch_size, tta_views=views)
     return 0
 
 

@@ -156,6 +156,10 @@ class ClassifyConfig:
     batch_size: int = 32
     # "auto" = mixed_float16 on GPU, float32 on CPU.
     mixed_precision: str = "auto"
+    # Test-time augmentation: probabilities averaged over 1, 2, 4 or 8 turned
+    # and mirrored views of each crop (classify/tta.py), then calibrated for
+    # that many views. Each view costs one forward pass.
+    tta_views: int = 1
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,9 @@ BALANCE_CHOICES = ("class_weight", "sampling", "none")
 OPTIMIZER_CHOICES = ("adamw", "adam", "sgd")
 SCHEDULE_CHOICES = ("cosine", "constant")
 PRECISION_CHOICES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CALIBRATION_CHOICES = ("temperature", "vector")
+NEAR_CHANCE_CHOICES = ("fail", "warn")
+VIEW_CHOICES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -284,11 +291,18 @@ class TrainingConfig:
     epochs: int = 10
     head_epochs: int = 2
     val_fraction: float = 0.2
-    min_per_class: int = 1
+    # Classes with fewer images are left out (named in the log and metrics.json):
+    # below 20 a class gives at most 4 validation images (one is 25 points of
+    # its recall) and too few to learn from.
+    min_per_class: int = 20
     seed: int = 0
-    # Imbalance: class_weight (loss weight n / (C * n_c)), sampling (each batch
-    # drawn class-balanced) or none.
+    # Imbalance: class_weight (loss weight n / (C * n_c), at most
+    # ``max_class_weight``), sampling (each batch drawn class-balanced) or none.
     balance: str = "class_weight"
+    # Upper bound of a class weight: unbounded, a class of 1 image among
+    # thousands weighs hundreds of times an average one and its few images
+    # dominate the gradient.
+    max_class_weight: float = 10.0
     optimizer: str = "adamw"
     # Peak learning rate of the main phase; head phase uses ``head_learning_rate``.
     # 10x below the head's, so fine-tuning adjusts ImageNet features, not overwrites them.
@@ -322,6 +336,15 @@ class TrainingConfig:
     # Run training steps eagerly (no graph): starts minutes sooner, each step
     # is several times slower. For tests and tiny data sets only.
     run_eagerly: bool = False
+    # Test-time views (1, 2, 4, 8) of the validation each epoch, which chooses
+    # the kept epoch. Calibrations for every view count are fitted at the end.
+    tta_views: int = 1
+    # temperature | vector (classify/calibration.py): how probabilities are calibrated.
+    calibration: str = "temperature"
+    # A kept model whose validation balanced accuracy is near chance (below
+    # chance + 25 % of the way to 1) fails training (exit 1; the model is still
+    # written, metrics.json says why) or only warns.
+    near_chance: str = "fail"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -447,6 +470,11 @@ def _fraction(obj: Any, prefix: str, *names: str) -> None:
             raise ConfigError(f"config key '{prefix}.{name}' must be between 0 and 1, got {value!r}")
 
 
+def _views(obj: Any, prefix: str) -> None:
+    if obj.tta_views not in VIEW_CHOICES:
+        raise ConfigError(f"config key '{prefix}.tta_views' must be 1, 2, 4 or 8, got {obj.tta_views!r}")
+
+
 def _validate(obj: Any, prefix: str) -> None:
     """Range checks per section (types are already checked)."""
     if isinstance(obj, SourceConfig):
@@ -483,6 +511,7 @@ def _validate(obj: Any, prefix: str) -> None:
         _positive(obj, prefix, "field_of_view_um")
     elif isinstance(obj, ClassifyConfig):
         _positive(obj, prefix, "batch_size")
+        _views(obj, prefix)
         if obj.mixed_precision not in ("auto", "float32", "mixed_float16", "mixed_bfloat16"):
             raise ConfigError(
                 f"config key '{prefix}.mixed_precision' must be auto, float32, mixed_float16 "
@@ -531,14 +560,16 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"config key '{prefix}.shift' must be <= 0.1, got {obj.shift!r}")
     elif isinstance(obj, TrainingConfig):
         _positive(obj, prefix, "batch_size", "epochs", "min_per_class", "learning_rate",
-                  "head_learning_rate", "workers", "steps_per_epoch", "max_minutes")
+                  "head_learning_rate", "workers", "steps_per_epoch", "max_minutes", "max_class_weight")
+        _views(obj, prefix)
         _positive(obj, prefix, "head_epochs", "weight_decay", "warmup_epochs",
                   "early_stopping_patience", "bn_recompute_batches", allow_zero=True)
         _fraction(obj, prefix, "label_smoothing")
         if not 0.0 < obj.val_fraction < 1.0:
             raise ConfigError(f"config key '{prefix}.val_fraction' must be between 0 and 1, got {obj.val_fraction!r}")
         for name, choices in (("balance", BALANCE_CHOICES), ("optimizer", OPTIMIZER_CHOICES),
-                              ("schedule", SCHEDULE_CHOICES), ("mixed_precision", PRECISION_CHOICES)):
+                              ("schedule", SCHEDULE_CHOICES), ("mixed_precision", PRECISION_CHOICES),
+                              ("calibration", CALIBRATION_CHOICES), ("near_chance", NEAR_CHANCE_CHOICES)):
             value = getattr(obj, name)
             if value not in choices:
                 raise ConfigError(

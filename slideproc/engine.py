@@ -425,7 +425,7 @@ class Engine:
             self.batches_in_flight += 1
             self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, parts,
                          self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,
-                         resources=resources, batch=index)
+                         self.cfg.classify.tta_views, resources=resources, batch=index)
             return
         crop_futs = []
         for src, group in part.groupby("_source_index", sort=True):
@@ -437,7 +437,7 @@ class Engine:
         self.batches_in_flight += 1
         self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, crop_futs,
                      self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,
-                     resources=resources, batch=index)
+                     self.cfg.classify.tta_views, resources=resources, batch=index)
 
     def _on_crop(self, state: _Sample, crops, batch: int) -> None:
         pass  # crop bytes are counted where they arrive, in the classify task

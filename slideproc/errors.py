@@ -44,5 +44,9 @@ class DataError(SlideprocError):
     """A training or evaluation data set is unusable."""
 
 
+class TrainingError(SlideprocError):
+    """Training ran but produced a model that must not be used as it is (e.g. near chance)."""
+
+
 class StoreError(SlideprocError):
     """The output store cannot be written or read."""

@@ -2,8 +2,9 @@
 
 Predictions go through the engine's own path (``Predictor``: same resize,
 fixed batches, calibrated probabilities), so the figures describe the model
-as ``run`` will use it. Writes EVAL_DIR/metrics.json, predictions.csv and
-confusion_matrix.png.
+as ``run`` will use it, with the same test-time views (``classify.tta_views``).
+Writes EVAL_DIR/metrics.json (with ECE and the reliability bins),
+predictions.csv, confusion_matrix.png and reliability.png.
 """
 
 from __future__ import annotations
@@ -60,12 +61,51 @@ def plot_confusion(path: Path, matrix: np.ndarray, labels, title: str) -> None:
     plt.close(fig)
 
 
-def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int = 32, workers: int = 2) -> dict:
+def plot_reliability(path: Path, reliability: dict, ece: float, title: str) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin
+    (metrics.reliability_bins), bars shaded by their share of the crops."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.asarray(reliability["edges"])
+    count = np.asarray(reliability["count"], float)
+    share = count / max(1.0, count.sum())
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.2, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="0.5", lw=1, ls="--", label="perfect calibration")
+    mids = (edges[:-1] + edges[1:]) / 2
+    for lo, hi, k, acc, conf in zip(edges[:-1], edges[1:], count, reliability["accuracy"],
+                                    reliability["confidence"]):
+        if k:
+            ax.bar(lo, acc, width=hi - lo, align="edge", color="tab:blue", alpha=0.8, edgecolor="white")
+            ax.plot([conf, conf], [conf, acc], color="tab:red", lw=1)
+    ax.set_ylabel("accuracy in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title}\nECE {ece:.3f} ({len(count)} bins, n={int(count.sum())})", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
+    ax2.bar(mids, share, width=edges[1] - edges[0], color="0.6")
+    ax2.set_xlabel("confidence (top class probability)")
+    ax2.set_ylabel("share")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int = 32, workers: int = 2,
+             tta_views: int = 1) -> dict:
+    """Score MODEL_DIR on DATA_DIR's class folders; write and return metrics.json's content.
+
+    ``tta_views`` (1, 2, 4, 8): probabilities averaged over that many views
+    before calibration, as ``run`` does with ``classify.tta_views``.
+    """
     loaded = load_model_dir(model_dir)
     labels = loaded.labels
     data = load_eval_set(Path(data_dir), labels)  # unknown classes fail before any prediction
-    predictor = get_predictor(model_dir, batch_size)
-    log.info("evaluating %s on %d images of %s", model_dir, len(data), data_dir)
+    predictor = get_predictor(model_dir, batch_size, tta_views=tta_views)
+    log.info("evaluating %s on %d images of %s (%d test-time view%s)", model_dir, len(data), data_dir,
+             tta_views, "" if tta_views == 1 else "s")
     probs = np.concatenate([predictor.predict(x) for x in iter_crops(data.paths, loaded.input_size_px,
                                                                      batch_size, workers)])
     out_dir = Path(out_dir)
@@ -78,12 +118,16 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int 
         "weights": loaded.info.get("weights", "unknown (not recorded in labels.json)"),
         "temperature": loaded.temperature,
         "calibrated": True,
+        "calibration": predictor.calibration.to_dict(),
+        "tta_views": tta_views,
         **classification_metrics(data.labels, probs, labels),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     plot_confusion(out_dir / "confusion_matrix.png", np.asarray(metrics["confusion_matrix"]["matrix"]), labels,
                    f"{Path(model_dir).name} on {Path(data_dir).name}: balanced accuracy "
                    f"{metrics['balanced_accuracy']:.3f}")
+    plot_reliability(out_dir / "reliability.png", metrics["reliability"], metrics["ece"],
+                     f"{Path(model_dir).name} on {Path(data_dir).name}, {tta_views} view(s)")
     log.info("top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f; wrote %s",
              metrics["top1_accuracy"], metrics["balanced_accuracy"], metrics["macro_f1"], metrics["ece"], out_dir)
     return metrics

@@ -25,18 +25,33 @@ PAPER_NOTE = (
 )
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """ECE: sum over equal-width confidence bins of |accuracy - confidence| x bin share."""
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> dict:
+    """Top-label reliability: per equal-width confidence bin, its count, mean confidence and accuracy.
+
+    Bin i holds confidences in (i/n, (i+1)/n]; empty bins have count 0 and
+    None for the means. This is what a reliability diagram draws and what
+    :func:`expected_calibration_error` sums.
+    """
+    probs = np.asarray(probs, np.float64)
     conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
-    # Bin i holds confidences in (i/n, (i+1)/n]; confidence 0 cannot occur.
+    correct = (probs.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
+    # Confidence 0 cannot occur (a softmax row's maximum is >= 1/C).
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    ece = 0.0
+    count, confidence, accuracy = [], [], []
     for b in range(n_bins):
         mask = bins == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(ece)
+        count.append(int(mask.sum()))
+        confidence.append(float(conf[mask].mean()) if mask.any() else None)
+        accuracy.append(float(correct[mask].mean()) if mask.any() else None)
+    return {"edges": [round(i / n_bins, 6) for i in range(n_bins + 1)], "count": count,
+            "confidence": confidence, "accuracy": accuracy}
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al. 2017): sum over equal-width confidence bins of |accuracy - confidence| x bin share."""
+    r = reliability_bins(y_true, probs, n_bins)
+    n = sum(r["count"])
+    return float(sum(k / n * abs(a - c) for k, a, c in zip(r["count"], r["accuracy"], r["confidence"]) if k))
 
 
 def roc_auc_macro_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
@@ -95,6 +110,7 @@ def classification_metrics(y_true, probs, labels) -> dict:
         "log_loss": float(log_loss(y_true, probs, labels=idx)),
         "ece": expected_calibration_error(y_true, probs),
         "ece_bins": ECE_BINS,
+        "reliability": reliability_bins(y_true, probs),
         "classes_present": [labels[c] for c in present],
         "per_class": {
             labels[c]: {"precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c]), "support": int(s[c])}

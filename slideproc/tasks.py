@@ -114,8 +114,13 @@ def group_summary(result: dict) -> dict:
 
 
 def classify_task(model_dir: str, sha256: str, parts: list, batch_size: int,
-                  mixed_precision: str = "auto", return_crops: bool = False) -> dict:
+                  mixed_precision: str = "auto", return_crops: bool = False, tta_views: int = 1) -> dict:
     """Calibrated probabilities for the concatenated crops, and where it ran.
+
+    ``tta_views`` (classify.tta_views: 1, 2, 4, 8): each crop is predicted in
+    that many turned/mirrored views, the probabilities averaged and then
+    calibrated for that many views (classify/tta.py); the cost is that many
+    forward passes.
 
     ``parts`` are uint8 crop arrays (:func:`crop_task`) or ``(group, start, stop)``
     slices of a :func:`field_group_task` result's crops; those not yet at the
@@ -132,7 +137,7 @@ def classify_task(model_dir: str, sha256: str, parts: list, batch_size: int,
     from .classify.preprocess import resize_crops
 
     start = time.perf_counter()
-    predictor = get_predictor(model_dir, batch_size, mixed_precision)
+    predictor = get_predictor(model_dir, batch_size, mixed_precision, tta_views)
     if predictor.loaded.sha256 != sha256:
         from .errors import ModelError
 

@@ -6,8 +6,19 @@ whole network at a lower learning rate. From ``--weights none`` one phase
 trains everything. Each epoch is one ``fit`` call followed by a validation
 pass; the epoch with the best validation macro-F1 is kept (macro-F1, not
 accuracy: with 29,424 NGS against 8 ABE, accuracy rewards ignoring the rare
-classes). A temperature fitted on the validation split calibrates the
-probabilities the engine reports.
+classes). At the end the kept network predicts the validation split in all
+8 test-time views once, and a calibration (temperature or vector scaling,
+``training.calibration``) is fitted for 1, 2, 4 and 8 averaged views
+(calibration.json), so the engine's probabilities are calibrated whatever
+``classify.tta_views`` it runs with.
+
+Safeguards: classes under ``training.min_per_class`` images are left out and
+named; class weights are bounded (``training.max_class_weight``); a kept
+model whose validation balanced accuracy is near chance (below chance + 25 %
+of the way to 1, :func:`near_chance_threshold`) fails the run (exit 1) or,
+with ``training.near_chance: warn``, is written with a loud warning. The log
+says "epoch N of M", the time left and when ``max_minutes`` will stop
+training; Keras' progress bars are drawn only on a terminal.
 """
 
 from __future__ import annotations
@@ -18,26 +29,45 @@ import logging
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from .classify.calibration import apply_temperature, fit_temperature
+from .classify.calibration import (CALIBRATION_FILE, Calibration, calibrate, fit_calibration, fit_temperature,
+                                   write_calibrations)
 from .classify.loading import LABELS_FILE, MODEL_FILE, LoadedModel, write_sha256
 from .classify.model import BACKBONE, build_classifier, initial_model, resolve_weights
 from .classify.predict import Predictor, resolve_precision
+from .classify.tta import VIEW_COUNTS
 from .config import TrainConfig, dump_yaml, to_dict
 from .datasets import ImageSet, load_train_val
-from .errors import DataError
+from .errors import DataError, TrainingError
 from .metrics import classification_metrics
-from .pipeline import TrainingBatches, iter_crops
+from .pipeline import TrainingBatches, class_weights, iter_crops
 
 log = logging.getLogger("slideproc.train")
 
 HISTORY_FIELDS = ("epoch", "phase", "learning_rate", "loss", "accuracy", "val_loss", "val_accuracy",
                   "val_balanced_accuracy", "val_macro_f1", "seconds")
+VALIDATION_VIEWS_FILE = "validation_views.npz"
+# Share of the way from chance to perfect below which a model counts as near chance.
+NEAR_CHANCE_SHARE = 0.25
+
+
+def near_chance_threshold(n_classes: int) -> float:
+    """Balanced accuracy below which a model of ``n_classes`` is "near chance".
+
+    Chance (a constant or random answer) scores 1/C balanced accuracy; the
+    threshold is a quarter of the way from there to 1: 0.34 for 8 classes,
+    0.5 for 3, 0.625 for 2. A trained model below it has learnt next to
+    nothing of what its data holds (issue: one-image classes drove a
+    14-class model to 0.04).
+    """
+    chance = 1.0 / n_classes
+    return chance + NEAR_CHANCE_SHARE * (1.0 - chance)
 
 
 def learning_rate_at(progress: float, peak: float, warmup: float, kind: str) -> float:
@@ -71,6 +101,8 @@ class _Clock:
         self.deadline = deadline  # time.monotonic() value, or None
         self.durations: list[float] = []
         self.start = time.monotonic()
+        # Seconds kept after the last epoch (final validation views, saving).
+        self.reserve = 60.0
 
     def _epoch_seconds(self) -> float | None:
         # The first epoch includes compiling the step (minutes with XLA): skip it.
@@ -83,12 +115,52 @@ class _Clock:
         d = self._epoch_seconds()
         if self.deadline is not None and d is not None:
             now = time.monotonic()
-            p = max(p, (now - self.start + d / 2) / max(1.0, self.deadline - self.start))
+            p = max(p, (now - self.start + d / 2) / max(1.0, self._end() - self.start))
         return min(p, 1.0)
 
+    def _end(self) -> float:
+        return self.deadline - self.reserve if self.deadline is not None else math.inf
+
+    def _typical(self) -> float:
+        return self._epoch_seconds() or (self.durations[-1] if self.durations else 0.0)
+
     def out_of_time(self) -> bool:
-        d = self._epoch_seconds() or (self.durations[-1] if self.durations else 0.0)
-        return self.deadline is not None and time.monotonic() + d > self.deadline
+        return self.deadline is not None and time.monotonic() + self._typical() > self._end()
+
+    def projection(self, done: int) -> tuple[float, int | None]:
+        """(seconds of epochs left in the phase, the epoch after which the time
+        cap will stop it, or None when all epochs fit), after ``done`` epochs."""
+        d = self._typical()
+        left = self.n_epochs - done
+        if self.deadline is None or d <= 0:
+            return left * d, None
+        fit = max(0, int((self._end() - time.monotonic()) // d))
+        return (fit * d, done + fit) if fit < left else (left * d, None)
+
+
+class _PlainProgress(keras.callbacks.Callback):
+    """Progress inside an epoch as plain log lines, at most one per ``every`` seconds.
+
+    Keras' progress bar redraws itself with carriage returns and ANSI colour
+    codes: fine on a terminal, thousands of escape sequences per epoch in a
+    redirected log. Training uses this instead when stdout is not a terminal.
+    """
+
+    def __init__(self, steps: int, every: float = 60.0):
+        super().__init__()
+        self.steps, self.every, self.label = steps, every, ""
+        self.t0 = self.last = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = self.last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.monotonic()
+        if now - self.last >= self.every and batch + 1 < self.steps:
+            self.last = now
+            loss = (logs or {}).get("loss")
+            log.info("%s: step %d of %d%s [%.0f s]", self.label, batch + 1, self.steps,
+                     f", loss {float(loss):.3f}" if loss is not None else "", now - self.t0)
 
 
 def _optimizer(cfg, rate: float):
@@ -183,20 +255,31 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
     log.info("input %d px, %s, backend %s", m.input_size_px, precision, keras.backend.backend())
 
     batches = TrainingBatches(train_set, m.input_size_px, t.batch_size, seed=t.seed, augment_cfg=t.augment,
-                              balance=t.balance, steps=t.steps_per_epoch, workers=t.workers)
+                              balance=t.balance, steps=t.steps_per_epoch, workers=t.workers,
+                              max_class_weight=t.max_class_weight)
     plain = TrainingBatches(train_set, m.input_size_px, t.batch_size, seed=t.seed + 1, augment_cfg=None,
                             balance="none", workers=t.workers)
+    weights_used = dict(zip(classes, (float(w) for w in batches.weights)))
+    if t.balance == "class_weight":
+        capped = [c for c, w in zip(classes, class_weights(train_set.labels, len(classes))) if w > t.max_class_weight]
+        log.info("class weights: %s%s", ", ".join(f"{c} {w:.2f}" for c, w in weights_used.items()),
+                 f" (capped at max_class_weight {t.max_class_weight:g}: {', '.join(capped)})" if capped else "")
+
     def predictor_for(network: keras.Model) -> Predictor:
         """A predictor running ``network`` as it is (in its own dtype policy)."""
         loaded = LoadedModel(model=network, labels=classes, sha256="(training)", input_size_px=m.input_size_px,
                              temperature=1.0, path=out_dir)
         return Predictor(loaded, batch_size=t.batch_size, mixed_precision="float32")
 
+    def validate_views(predictor: Predictor, views: int) -> np.ndarray:
+        """Uncalibrated probabilities of each of the first ``views`` views, (views, N, C)."""
+        out = [predictor.predict_views(x, views) for x in iter_crops(val_set.paths, m.input_size_px, t.batch_size,
+                                                                     t.workers)]
+        return np.concatenate(out, axis=1)
+
     def validate(predictor: Predictor) -> np.ndarray:
-        """Uncalibrated probabilities on the validation split."""
-        out = [predictor.predict_raw(x) for x in iter_crops(val_set.paths, m.input_size_px, t.batch_size,
-                                                            t.workers)]
-        return np.concatenate(out)
+        """Uncalibrated probabilities on the validation split, averaged over ``training.tta_views`` views."""
+        return validate_views(predictor, t.tta_views).mean(axis=0)
 
     training_predictor = predictor_for(model)
 
@@ -204,15 +287,21 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
     if weights.pretrained and t.head_epochs > 0:
         phases.append(("head", t.head_epochs, t.head_learning_rate, False))
     phases.append(("finetune" if weights.pretrained else "train", t.epochs, t.learning_rate, True))
+    total_epochs = sum(p[1] for p in phases)
 
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing)
     history = _History(out_dir / "history.csv")
     best = {"macro_f1": -1.0, "epoch": 0, "weights": None, "probs": None}
     epoch, since_best, stopped = 0, 0, ""
-    # Keep a minute for saving (a 220 MB model.keras, its digest) and calibration.
-    deadline = (start + 60 * max(t.max_minutes - 1.0, t.max_minutes / 2)
-                if t.max_minutes is not None else None)
-    for phase, n_epochs, peak, backbone_trainable in phases:
+    deadline = start + 60 * t.max_minutes if t.max_minutes is not None else None
+    if deadline is not None:
+        log.info("time cap: max_minutes %g, until %s; the last epoch is the one that ends before then, less "
+                 "a minute or two kept for calibration and saving", t.max_minutes,
+                 time.strftime("%H:%M", time.localtime(time.time() + deadline - time.monotonic())))
+    # Keras draws progress bars on stdout: only where a person watches them.
+    bars = bool(verbose) and sys.stdout.isatty()
+    progress = _PlainProgress(len(batches)) if verbose and not bars else None
+    for phase_index, (phase, n_epochs, peak, backbone_trainable) in enumerate(phases):
         model.get_layer(BACKBONE).trainable = backbone_trainable
         steps = len(batches)
         warmup = min(1.0, t.warmup_epochs / n_epochs)
@@ -228,12 +317,19 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
             rate = learning_rate_at(clock.progress(phase_epoch), peak, warmup, t.schedule)
             model.optimizer.learning_rate = rate
             batches.set_epoch(epoch)
-            fit = model.fit(batches, epochs=1, verbose=verbose if verbose else 0)
+            if progress is not None:
+                progress.label = f"epoch {epoch + 1} of {total_epochs} ({phase})"
+            fit = model.fit(batches, epochs=1, verbose=1 if bars else 0,
+                            callbacks=[progress] if progress is not None else None)
             if backbone_trainable and t.bn_recompute_batches:
                 plain.set_epoch(epoch)
                 recompute_bn_statistics(model, (plain[i][0] for i in range(min(t.bn_recompute_batches,
                                                                                    len(plain)))))
+            val_tick = time.monotonic()
             probs = validate(training_predictor)
+            # The final pass predicts 8 views of the validation split: keep time for it.
+            clock.reserve = min(60.0 + 8 * (time.monotonic() - val_tick) / t.tta_views,
+                                30.0 * (t.max_minutes or 0))
             row = {"epoch": epoch + 1, "phase": phase, "learning_rate": rate,
                    "loss": float(fit.history["loss"][-1]), "accuracy": float(fit.history["accuracy"][-1]),
                    **_val_row(val_set.labels, probs, classes), "seconds": time.monotonic() - tick}
@@ -246,9 +342,15 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
                 since_best = 0
             else:
                 since_best += 1
-            log.info("epoch %d (%s): loss %.3f, val accuracy %.3f, balanced %.3f, macro-F1 %.3f%s [%.0f s]",
-                     epoch, phase, row["loss"], row["val_accuracy"], row["val_balanced_accuracy"],
-                     row["val_macro_f1"], " *best*" if improved else "", row["seconds"])
+            left, cap_epoch = clock.projection(phase_epoch + 1)
+            left += sum(p[1] for p in phases[phase_index + 1:]) * clock._typical()
+            eta = time.strftime("%H:%M", time.localtime(time.time() + left))
+            when = (f"; max_minutes {t.max_minutes:g} will stop it after epoch {cap_epoch - phase_epoch - 1 + epoch}"
+                    if cap_epoch is not None and phase_epoch + 1 < n_epochs else "")
+            log.info("epoch %d of %d (%s): loss %.3f, val accuracy %.3f, balanced %.3f, macro-F1 %.3f%s [%.0f s]; "
+                     "about %.0f min of epochs left (until %s)%s", epoch, total_epochs, phase, row["loss"],
+                     row["val_accuracy"], row["val_balanced_accuracy"], row["val_macro_f1"],
+                     " *best*" if improved else "", row["seconds"], left / 60, eta, when)
             if phase_epoch + 1 < n_epochs and clock.out_of_time():
                 stopped = (f"time budget: another epoch would pass max_minutes {t.max_minutes} "
                            f"(at {(time.monotonic() - start) / 60:.1f} min)")
@@ -257,31 +359,56 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
             if stopped:
                 break
         if stopped:
-            log.info("stopped: %s", stopped)
+            log.info("stopped after epoch %d of %d: %s", epoch, total_epochs, stopped)
             break
 
     model.set_weights(best["weights"])
     saved = _float32_copy(model, cfg, len(classes))
-    if precision != "float32":
-        # Trained under a mixed policy, saved (and served on CPUs) in float32:
-        # calibrate and report on the network as saved, not as trained.
-        best["probs"] = validate(predictor_for(saved))
-        log.info("float32 copy of the best epoch: val macro-F1 %.3f (as trained, %s: %.3f)",
-                 _val_row(val_set.labels, best["probs"], classes)["val_macro_f1"], precision, best["macro_f1"])
-    temperature = fit_temperature(best["probs"], val_set.labels)
-    calibrated = apply_temperature(best["probs"], temperature)
-    log.info("best epoch %d (val macro-F1 %.3f); temperature %.3f", best["epoch"], best["macro_f1"], temperature)
+    # Calibrate and report on the network as saved (float32, whatever it
+    # trained in), from all 8 views once: every view count gets its own fit.
+    log.info("best epoch %d (val macro-F1 %.3f as trained, %s); predicting the validation split in %d views "
+             "to calibrate", best["epoch"], best["macro_f1"], precision, max(VIEW_COUNTS))
+    views = validate_views(predictor_for(saved), max(VIEW_COUNTS))
+    raw = {k: views[:k].mean(axis=0) for k in VIEW_COUNTS}
+    y_val = val_set.labels
+    fits = {k: fit_calibration(raw[k], y_val, t.calibration) for k in VIEW_COUNTS}
+    calibration = fits[t.tta_views]
+    temperature = fit_temperature(raw[1], y_val)  # labels.json keeps it for older readers
+    best["probs"] = raw[t.tta_views]
+    calibrated = calibrate(best["probs"], calibration)
     sha = _save_model(saved, out_dir)
+    write_calibrations(out_dir / CALIBRATION_FILE, fits,
+                       fitted_on=f"validation split (n={len(val_set)}), {t.calibration} scaling by negative "
+                                 f"log-likelihood")
+    np.savez_compressed(out_dir / VALIDATION_VIEWS_FILE, probabilities=views.astype(np.float32), labels=y_val,
+                        classes=np.asarray(classes))
     info = {"labels": list(classes), "input_size_px": m.input_size_px, "temperature": temperature,
             "architecture": "InceptionResNetV2", "dropout": m.dropout,
             "preprocessing": "uint8 RGB resized to input_size_px (PIL bilinear), then x / 127.5 - 1 "
                              "inside the model (CropPreprocess layer)",
-            "calibration": f"temperature scaling fitted on the validation split (n={len(val_set)})",
+            "calibration": f"{t.calibration} scaling per number of test-time views in {CALIBRATION_FILE}, fitted "
+                           f"on the validation split (n={len(val_set)}); 'temperature' here is the one-view "
+                           f"temperature",
             "weights": weights.describe(), "model_sha256": sha}
     (out_dir / LABELS_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     dump_yaml(cfg, out_dir / "config.yaml")
 
-    uncal = classification_metrics(val_set.labels, best["probs"], classes)
+    uncal = classification_metrics(y_val, best["probs"], classes)
+    validation = classification_metrics(y_val, calibrated, classes)
+    by_views = {}
+    for k in VIEW_COUNTS:
+        mk = classification_metrics(y_val, calibrate(raw[k], fits[k]), classes)
+        by_views[str(k)] = {key: mk[key] for key in ("top1_accuracy", "balanced_accuracy", "macro_f1", "log_loss",
+                                                     "ece")}
+    threshold = near_chance_threshold(len(classes))
+    near_chance = validation["balanced_accuracy"] < threshold
+    quality = {
+        "status": "near chance" if near_chance else "ok",
+        "chance_balanced_accuracy": round(1.0 / len(classes), 4),
+        "near_chance_below": round(threshold, 4),
+        "rule": f"validation balanced accuracy below chance + {NEAR_CHANCE_SHARE:g} x (1 - chance) is near "
+                f"chance; training.near_chance: {t.near_chance}",
+    }
     metrics = {
         "weights": weights.describe(),
         "pretrained": weights.pretrained,
@@ -290,6 +417,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
         "classes": list(classes),
         "left_out_classes": left_out,
         "min_per_class": t.min_per_class,
+        "class_weights": weights_used,
         "data_dir": str(data_dir),
         "val_dir": str(val_dir) if val_dir else None,
         "n_train": len(train_set),
@@ -298,9 +426,12 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
         "val_counts": val_set.counts(),
         "best_epoch": best["epoch"],
         "epochs_run": epoch,
+        "epochs_planned": total_epochs,
         "stopped": stopped or "completed all epochs",
         "train_minutes": round((time.monotonic() - start) / 60, 2),
         "temperature": temperature,
+        "calibration": {"method": t.calibration, "file": CALIBRATION_FILE, "tta_views": t.tta_views,
+                        **calibration.to_dict()},
         "model_sha256": sha,
         "backend": keras.backend.backend(),
         "precision": precision,
@@ -309,19 +440,36 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
         "cpu_count": os.cpu_count(),
         "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
         "seed": t.seed,
+        "quality": quality,
         "validation": {
-            "note": "validation split at the best epoch, probabilities calibrated with the temperature fitted "
-                    "on this same split (so ece here is optimistic; evaluate on other data for an honest one)",
-            **classification_metrics(val_set.labels, calibrated, classes),
+            "note": f"validation split at the best epoch, {t.tta_views} test-time view(s), probabilities calibrated "
+                    "with the calibration fitted on this same split (so ece here is optimistic; evaluate on other "
+                    "data for an honest one)",
+            **validation,
         },
         "validation_uncalibrated": {"log_loss": uncal["log_loss"], "ece": uncal["ece"]},
+        "validation_by_views": {"note": "the same split, each view count with its own calibration (as "
+                                        "classify.tta_views would use it)", **by_views},
         "config": to_dict(cfg),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    from .evaluate import plot_reliability
+
+    plot_reliability(out_dir / "reliability.png", validation["reliability"], validation["ece"],
+                     f"{out_dir.name}: validation split (calibrated on it), {t.tta_views} view(s)")
     v = metrics["validation"]
-    log.info("validation: top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f (%s); wrote %s in %.1f min",
-             v["top1_accuracy"], v["balanced_accuracy"], v["macro_f1"], v["ece"], weights.describe(), out_dir,
-             metrics["train_minutes"])
+    log.info("validation: top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f (%s); 4 views: balanced "
+             "%.3f; wrote %s in %.1f min", v["top1_accuracy"], v["balanced_accuracy"], v["macro_f1"], v["ece"],
+             weights.describe(), by_views["4"]["balanced_accuracy"], out_dir, metrics["train_minutes"])
+    if near_chance:
+        message = (f"the trained model is near chance: validation balanced accuracy {v['balanced_accuracy']:.3f} "
+                   f"with {len(classes)} classes (chance {1 / len(classes):.3f}, near-chance threshold "
+                   f"{threshold:.3f}); do not use {out_dir} as it is: check the class folders (counts: "
+                   f"{', '.join(f'{c} {n}' for c, n in train_set.counts().items())}), the learning rate and "
+                   f"the epochs")
+        if t.near_chance == "fail":
+            raise TrainingError(message)
+        log.warning("WARNING: %s", message)
     return metrics
 
 

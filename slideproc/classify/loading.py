@@ -1,8 +1,11 @@
 """Load a MODEL_DIR as ``slideproc train`` writes it, once per process.
 
 MODEL_DIR holds ``model.keras`` (Keras 3 archive), ``model.sha256`` (its
-digest, sha256sum format), and ``labels.json`` (label order, input size,
-calibration temperature). Loading checks, in order: the files exist, the
+digest, sha256sum format), ``labels.json`` (label order, input size,
+temperature) and, from models trained with test-time augmentation support,
+``calibration.json`` (one calibration per number of views, see
+calibration.py; a model without it is calibrated with labels.json's
+temperature). Loading checks, in order: the files exist, the
 digest matches, the archive holds only Keras layers and slideproc's registered
 ones (no Lambda, no foreign module: a ``.keras`` file names Python modules that
 deserialisation would import), Keras' own ``safe_mode`` load, and that the
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from .calibration import CALIBRATION_FILE, Calibration, read_calibrations
 
 log = logging.getLogger("slideproc.classify")
 
@@ -50,6 +54,24 @@ class LoadedModel:
     temperature: float
     path: Path
     info: dict = field(default_factory=dict, repr=False)  # labels.json as read
+    # {number of test-time views: Calibration} from calibration.json; empty for
+    # models written before it (then labels.json's temperature calibrates).
+    calibrations: dict = field(default_factory=dict, repr=False)
+
+    def calibration_for(self, views: int = 1) -> Calibration:
+        """The calibration fitted for probabilities averaged over ``views`` views.
+
+        A model without a fit for that many views (trained before
+        calibration.json existed) gets its one-view temperature, with a
+        warning: averaged views are softer than one, so that fit over-sharpens
+        slightly.
+        """
+        if views in self.calibrations:
+            return self.calibrations[views]
+        if views != 1:
+            log.warning("%s has no calibration fitted for %d test-time views; using its one-view one "
+                        "(retrain to fit one)", self.path, views)
+        return self.calibrations.get(1) or Calibration("temperature", temperature=self.temperature)
 
 
 def sha256_file(path: Path) -> str:
@@ -181,13 +203,21 @@ def load_model_dir(path: str | Path) -> LoadedModel:
     # labels.json is part of the key: the same weights with another label list
     # or temperature is another model to the engine.
     labels_path = model_dir / LABELS_FILE
-    key = digest + ":" + (hashlib.sha256(labels_path.read_bytes()).hexdigest() if labels_path.is_file() else "")
+    cal_path = model_dir / CALIBRATION_FILE
+    key = digest + "".join(":" + (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
+                           for p in (labels_path, cal_path))
     with _lock:
         cached = _models.get(key)
     if cached is not None:
         return cached
 
     info = _read_labels(model_dir)
+    calibrations = {}
+    if cal_path.is_file():
+        try:
+            calibrations = read_calibrations(cal_path, len(info["labels"]))
+        except ValueError as err:
+            raise ModelError(str(err)) from None
     config = check_archive(model_file)
     # Refuse a label mismatch before reading 200 MB of weights.
     units = _output_units(config)
@@ -214,7 +244,8 @@ def load_model_dir(path: str | Path) -> LoadedModel:
         )
     size = model.input_shape[1]
     loaded = LoadedModel(model=model, labels=labels, sha256=digest, input_size_px=int(size),
-                         temperature=float(info.get("temperature", 1.0)), path=model_dir, info=info)
+                         temperature=float(info.get("temperature", 1.0)), path=model_dir, info=info,
+                         calibrations=calibrations)
     log.info("loaded model %s (sha256 %s, %d classes, %d px)", model_dir, digest[:12], len(labels), size)
     with _lock:
         _models.setdefault(key, loaded)

@@ -3,7 +3,9 @@
 Every call goes through one compiled predict function with one input shape:
 crops are resized to the model input (the same resampling as training, see
 preprocess.py), and the last batch is padded to ``batch_size``, so the
-function is traced once per process and never again.
+function is traced once per process and never again. With ``tta_views`` > 1
+each crop is also predicted turned and mirrored (tta.py) and the softmax
+outputs are averaged before the model's calibration for that many views.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import keras
 import numpy as np
 
 from ..errors import InputError, ModelError
-from .calibration import apply_temperature
+from .calibration import calibrate
 from .loading import LoadedModel, load_model_dir
 from .model import build_classifier
 from .preprocess import resize_crops
+from .tta import check_views, view
 
 log = logging.getLogger("slideproc.classify")
 
@@ -78,13 +81,19 @@ class Predictor:
     """Fixed-batch predictor for one loaded model.
 
     ``predict(crops)`` takes uint8 (N, H, W, 3) RGB crops of any size and
-    returns float32 (N, C) probabilities in ``labels`` order, calibrated with
-    the model's temperature.
+    returns float32 (N, C) probabilities in ``labels`` order, averaged over
+    ``tta_views`` views (1, 2, 4 or 8; each costs one forward pass) and
+    calibrated with the model's calibration for that many views.
     """
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 32, mixed_precision: str = "auto"):
+    def __init__(self, loaded: LoadedModel, batch_size: int = 32, mixed_precision: str = "auto",
+                 tta_views: int = 1):
         if batch_size < 1:
             raise ModelError(f"batch size must be >= 1, got {batch_size}")
+        try:
+            self.tta_views = check_views(tta_views)
+        except ValueError as err:
+            raise ModelError(str(err)) from None
         self.loaded = loaded
         self.labels = loaded.labels
         self.batch_size = int(batch_size)
@@ -95,45 +104,57 @@ class Predictor:
         self.network = loaded.model if self.precision == "float32" else _rebuild(loaded, self.precision)
         # Keras' predict function is not meant to be entered by two threads at once.
         self._lock = threading.Lock()
-        log.info("predictor: batch %d, %s, %d px", self.batch_size, self.precision, self.input_size_px)
+        self.calibration = loaded.calibration_for(self.tta_views)
+        log.info("predictor: batch %d, %s, %d px, %d test-time view%s", self.batch_size, self.precision,
+                 self.input_size_px, self.tta_views, "" if self.tta_views == 1 else "s")
 
-    def predict_raw(self, crops: np.ndarray) -> np.ndarray:
-        """Uncalibrated softmax outputs, float32 (N, C)."""
+    def predict_raw(self, crops: np.ndarray, views: int | None = None) -> np.ndarray:
+        """Uncalibrated softmax outputs averaged over the first ``views`` views
+        (default: the predictor's ``tta_views``), float32 (N, C)."""
+        return np.mean(self.predict_views(crops, views or self.tta_views), axis=0, dtype=np.float64
+                       ).astype(np.float32)
+
+    def predict_views(self, crops: np.ndarray, views: int) -> np.ndarray:
+        """Uncalibrated softmax outputs of each of the first ``views`` views, float32 (views, N, C)."""
         crops = np.asarray(crops)
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
             raise InputError(
                 f"crops must be uint8 RGB of shape (N, H, W, 3), got {crops.dtype} {crops.shape}"
             )
+        views = check_views(views, "views")
         n = len(crops)
-        out = np.empty((n, len(self.labels)), np.float32)
+        out = np.empty((views, n, len(self.labels)), np.float32)
         if n == 0:
             return out
         crops = resize_crops(crops, self.input_size_px)
         size = self.input_size_px
         batch = np.zeros((self.batch_size, size, size, 3), np.uint8)
         with self._lock:
-            for start in range(0, n, self.batch_size):
-                chunk = crops[start:start + self.batch_size]
-                batch[:len(chunk)] = chunk
-                batch[len(chunk):] = 0  # padding; its rows are dropped below
-                probs = self.network.predict_on_batch(batch)
-                out[start:start + len(chunk)] = np.asarray(probs, np.float32)[:len(chunk)]
+            for v in range(views):
+                for start in range(0, n, self.batch_size):
+                    chunk = crops[start:start + self.batch_size]
+                    batch[:len(chunk)] = view(chunk, v) if v else chunk
+                    batch[len(chunk):] = 0  # padding; its rows are dropped below
+                    probs = self.network.predict_on_batch(batch)
+                    out[v, start:start + len(chunk)] = np.asarray(probs, np.float32)[:len(chunk)]
         return out
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities, float32 (N, C)."""
-        return apply_temperature(self.predict_raw(crops), self.loaded.temperature)
+        """Calibrated probabilities averaged over ``tta_views`` views, float32 (N, C)."""
+        return calibrate(self.predict_raw(crops), self.calibration)
 
 
 _predictors: dict[tuple, Predictor] = {}
 _plock = threading.Lock()
 
 
-def get_predictor(model_dir: str | Path, batch_size: int = 32, mixed_precision: str = "auto") -> Predictor:
-    """One Predictor per (model sha256, labels, temperature, batch size, precision) per process."""
+def get_predictor(model_dir: str | Path, batch_size: int = 32, mixed_precision: str = "auto",
+                  tta_views: int = 1) -> Predictor:
+    """One Predictor per (model sha256, labels, calibration, batch size, precision, views) per process."""
     loaded = load_model_dir(model_dir)
-    key = (loaded.sha256, loaded.labels, loaded.temperature, int(batch_size), mixed_precision)
+    key = (loaded.sha256, loaded.labels, loaded.temperature, tuple(sorted(loaded.calibrations.items())),
+           int(batch_size), mixed_precision, int(tta_views))
     with _plock:
         if key not in _predictors:
-            _predictors[key] = Predictor(loaded, batch_size, mixed_precision)
+            _predictors[key] = Predictor(loaded, batch_size, mixed_precision, tta_views)
         return _predictors[key]

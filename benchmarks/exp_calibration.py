@@ -62,6 +62,7 @@ def main() -> int:
                 ece, nll, bal = [], [], []
                 for r in range(args.repeats):
                     cal = cross_fitted(raw, y, method, args.folds, seed=r)
+                    cal = cal / cal.sum(1, keepdims=True)  # float32 rows: renormalise for scikit-learn
                     ece.append(expected_calibration_error(y, cal))
                     nll.append(log_loss(y, cal, labels=list(range(len(classes)))))
                     bal.append(balanced_accuracy_score(y, cal.argmax(1)))

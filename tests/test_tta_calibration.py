@@ -154,3 +154,21 @@ def test_tta_views_config_value_is_checked(tmp_path):
     cfg.write_text("classify:\n  tta_views: 3\n")
     data = write_class_folders(tmp_path / "d", 1)
     assert main(["evaluate", str(tmp_path), str(data), "--config", str(cfg)]) == 2
+
+
+def test_damaged_calibration_record_is_refused_naming_the_file(model_dir, tmp_path, capsys):
+    import shutil
+
+    from slideproc.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy, ignore=shutil.ignore_patterns("model.keras"))
+    (copy / "model.keras").symlink_to(model_dir / "model.keras")
+    record = json.loads((copy / "calibration.json").read_text())
+    record["views"]["4"] = {"method": "vector", "scale": [1.0], "bias": [0.0]}
+    (copy / "calibration.json").write_text(json.dumps(record))
+    data = write_class_folders(tmp_path / "data", 2, seed=3)
+    assert main(["evaluate", str(copy), str(data), "--out", str(tmp_path / "e")]) == 1
+    err = capsys.readouterr().err
+    assert "calibration.json views[4]: vector calibration needs 'scale' and 'bias' of 3 numbers" in err
+    assert not (tmp_path / "e").exists()

@@ -209,3 +209,34 @@ def score_output(out_dir: str | Path, truth_csv: str | Path, max_distance_um: fl
     pairs = [(str(a), str(b)) for df in (truth, det) for a, b in zip(df["sample_id"], df["source"])]
     mpps = source_mpp(truth_csv, pairs, mpp)
     return score_tables(truth, det, mpps, max_distance_um)
+
+
+# ----------------------------------------------------------------------------
+# boxes (fields annotated with WBC / RBC / platelet boxes, not cell centres)
+# ----------------------------------------------------------------------------
+BOX_CLASSES = ("WBC", "RBC", "Platelet")
+
+
+def box_hits(points: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Detections scored against class boxes of one field: ``{class: (hits, boxes)}``.
+
+    ``points`` (N, 2) detection centres x, y and ``boxes`` (M, 4) x0, y0, x1, y1,
+    both in the field's pixels; ``classes`` (M,) str, one of :data:`BOX_CLASSES`.
+    A WBC box is hit when a detection lies in it (inclusive edges); an RBC or
+    platelet box is *falsely* hit when a detection outside every WBC box lies
+    in it (a platelet or red cell lying on a white cell is not a false hit, its
+    white cell is). Peripheral blood: the nucleated cells are the WBCs.
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    classes = np.asarray(classes)
+    inside = ((pts[None, :, 0] >= boxes[:, None, 0]) & (pts[None, :, 0] <= boxes[:, None, 2])
+              & (pts[None, :, 1] >= boxes[:, None, 1]) & (pts[None, :, 1] <= boxes[:, None, 3]))
+    is_wbc = classes == "WBC"
+    in_wbc = inside[is_wbc].any(axis=0)
+    out = {}
+    for c in BOX_CLASSES:
+        sel = classes == c
+        hit = inside[sel] if c == "WBC" else inside[sel] & ~in_wbc[None, :]
+        out[c] = (int(hit.any(axis=1).sum()), int(sel.sum()))
+    return out

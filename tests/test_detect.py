@@ -167,31 +167,19 @@ def _boxes(xml: Path):
 
 
 def bccd_scores(bccd_dir: Path, limit: int | None = None) -> dict:
+    from slideproc.detection_eval import box_hits
+
     cfg = with_overrides(RunConfig(), {"source.fallback_mpp_um": BCCD_MPP})
-    wbc_hit = wbc = rbc_fp = rbc = plt_fp = plt = 0
+    tot = {"WBC": [0, 0], "RBC": [0, 0], "Platelet": [0, 0]}
     for xml in sorted((bccd_dir / "Annotations").glob("*.xml"))[:limit]:
         img = bccd_dir / "JPEGImages" / (xml.stem + ".jpg")
         df = detect_source(_ref(img, "image"), cfg)
-        pts = df[["x", "y"]].to_numpy()
         boxes = _boxes(xml)
-
-        def inside(b):
-            return (pts[:, 0] >= b[1]) & (pts[:, 0] <= b[3]) & (pts[:, 1] >= b[2]) & (pts[:, 1] <= b[4])
-
-        in_wbc = np.zeros(len(pts), bool)
-        for b in boxes:
-            if b[0] == "WBC":
-                in_wbc |= inside(b)
-        for b in boxes:
-            if b[0] == "WBC":
-                wbc += 1
-                wbc_hit += bool(inside(b).any())
-            elif b[0] == "RBC":
-                rbc += 1
-                rbc_fp += bool((inside(b) & ~in_wbc).any())
-            else:
-                plt += 1
-                plt_fp += bool((inside(b) & ~in_wbc).any())
+        classes = np.array([{"Platelets": "Platelet"}.get(b[0], b[0]) for b in boxes])
+        for c, (k, n) in box_hits(df[["x", "y"]].to_numpy(), np.array([b[1:] for b in boxes]), classes).items():
+            tot[c][0] += k
+            tot[c][1] += n
+    (wbc_hit, wbc), (rbc_fp, rbc), (plt_fp, plt) = tot["WBC"], tot["RBC"], tot["Platelet"]
     return {"wbc_recall": wbc_hit / max(wbc, 1), "rbc_fp": rbc_fp / max(rbc, 1),
             "platelet_fp": plt_fp / max(plt, 1), "n_wbc": wbc, "n_rbc": rbc, "n_platelet": plt}
 

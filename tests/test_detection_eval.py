@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from slideproc.cli import main
-from slideproc.detection_eval import match_points, score, score_tables
+from slideproc.detection_eval import box_hits, match_points, score, score_tables
 
 
 def test_matching_is_one_to_one_and_closest_first():
@@ -23,6 +23,18 @@ def test_matching_is_one_to_one_and_closest_first():
 def test_distance_limit_is_inclusive_and_in_um():
     assert len(match_points([[0, 0]], [[4.0, 0]], 4.0)) == 1
     assert len(match_points([[0, 0]], [[4.01, 0]], 4.0)) == 0
+
+
+def test_box_hits_counts_false_hits_outside_white_cells_only():
+    boxes = np.array([[0, 0, 10, 10], [8, 8, 14, 14], [20, 0, 28, 8], [30, 30, 33, 33], [40, 40, 48, 48]], float)
+    classes = np.array(["WBC", "RBC", "RBC", "Platelet", "RBC"])
+    # One detection in the WBC (and the red cell overlapping it), one on a lone
+    # red cell, one on the platelet; the red cell at 40-48 holds none.
+    pts = np.array([[9.0, 9.0], [24.0, 4.0], [30.0, 33.0]])
+    assert box_hits(pts, boxes, classes) == {"WBC": (1, 1), "RBC": (1, 3), "Platelet": (1, 1)}
+    # No detections: nothing hit; no boxes of a class: (0, 0).
+    assert box_hits(np.zeros((0, 2)), boxes, classes) == {"WBC": (0, 1), "RBC": (0, 3), "Platelet": (0, 1)}
+    assert box_hits(pts, boxes[:1], classes[:1])["RBC"] == (0, 0)
 
 
 def test_empty_sets():

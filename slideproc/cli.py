@@ -54,6 +54,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _mpp(text: str) -> float:
+    """--mpp for detect/run/info/plan: a plausible level-0 resolution in um/px."""
+    from .sources.mpp import MPP_RANGE_UM
+
+    value = _positive_float(text)
+    lo, hi = MPP_RANGE_UM
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(
+            f"expected the level-0 resolution in um per pixel, between {lo:g} and {hi:g} "
+            f"(what brightfield microscopes produce), got {text!r}")
+    return value
+
+
+_MPP_HELP = ("level-0 resolution of every input, um per pixel (0.02-2); overrides a manifest's mpp "
+             "column and the files' own metadata (the log notes where they differ)")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so main() owns the exit status."""
 
@@ -83,17 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut cells from real single-cell crops in this class-folder directory")
     s.set_defaults(func=_cmd_synth)
 
-    s = sub.add_parser("info", help="describe slides and image folders")
+    s = sub.add_parser("info", help="describe slides and image folders: one line per sample (-v: per file)")
     s.add_argument("paths", nargs="+", type=Path)
     s.add_argument("--config", type=Path, default=None)
-    s.add_argument("--mpp", type=_positive_float, default=None, help="resolution for files that carry none")
+    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
+    s.add_argument("-v", "--verbose", dest="details", action="count", default=0,
+                   help="every file's format, levels, mpp, objective power and foreground")
     s.set_defaults(func=_cmd_info)
+
+    s = sub.add_parser("plan", help="samples, files, resolved mpp and files left out, without reading pixels")
+    s.add_argument("inputs", nargs="+", type=Path)
+    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
+    s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("detect", help="find nucleated cells, without a model")
     s.add_argument("inputs", nargs="+", type=Path)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--config", type=Path, default=None)
-    s.add_argument("--mpp", type=_positive_float, default=None, help="resolution for files that carry none")
+    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
     s.add_argument("--workers", type=_positive_int, default=None)
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.set_defaults(func=_cmd_detect)
@@ -140,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--config", type=Path, default=None)
-    s.add_argument("--mpp", type=_positive_float, default=None, help="resolution for files that carry none")
+    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.add_argument("--workers", type=_positive_int, default=None)
     s.add_argument("--no-resume", action="store_true", help="redo samples already complete")
@@ -185,34 +210,48 @@ def _load_run_config(args):
     from .config import load_run_config, with_overrides
 
     cfg = load_run_config(getattr(args, "config", None))
-    return with_overrides(cfg, {"source.fallback_mpp_um": getattr(args, "mpp", None)})
+    return with_overrides(cfg, {"source.mpp_um": getattr(args, "mpp", None)})
 
 
 def _cmd_info(args) -> int:
-    import dataclasses
-
-    from .info import describe_source, format_sample
+    from .info import describe_source, format_sample, format_sample_line
     from .sources.discover import discover
 
     cfg = _load_run_config(args)
     found = discover(args.paths)
+    detailed = bool(args.details or args.verbose)
     failed = 0
     blocks = []
     for sample in found.samples:
-        # --mpp ranks with a manifest's mpp column (after the file's own metadata).
-        refs = [ref if ref.mpp or not args.mpp else dataclasses.replace(ref, mpp=args.mpp)
-                for ref in sample.sources]
-        infos = [describe_source(ref, cfg) for ref in refs]
-        blocks.append(format_sample(sample, infos))
+        infos = [describe_source(ref, cfg) for ref in sample.sources]
+        blocks.append(format_sample(sample, infos) if detailed else format_sample_line(sample, infos))
         for info in infos:
             if info.error:
                 failed += 1
                 print(f"slideproc: error: {info.error}", file=sys.stderr)
-    print("\n\n".join(blocks))
+    print(("\n\n" if detailed else "\n").join(blocks))
+    if found.left_out:
+        print(f"{len(found.left_out)} file(s) left out (in no sample); `slideproc plan` lists them")
     for path, reason in found.problems:
         failed += 1
         print(f"slideproc: error: {path}: {reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_plan(args) -> int:
+    from .plan import format_plan, plan_inputs
+
+    cfg = _load_run_config(args)
+    plan = plan_inputs(args.inputs, cfg)
+    print(format_plan(plan))
+    failed = [s for s in plan.samples if not s.ok]
+    for path, reason in plan.problems:
+        print(f"slideproc: error: {path}: {reason}", file=sys.stderr)
+    for sample in failed:
+        for src in sample.sources:
+            if src.error:
+                print(f"slideproc: error: {sample.sample_id}: {src.error}", file=sys.stderr)
+    return 1 if failed or plan.problems else 0
 
 
 def _cmd_detect(args) -> int:

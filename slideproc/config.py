@@ -42,9 +42,19 @@ class SourceConfig:
     # at ~14 px across, enough to split touching nuclei, at a quarter of the
     # pixels of a 0.25 um/px (40x) level 0.
     working_mpp_um: float = 0.5
-    # Resolution used when a file carries none and neither the manifest nor
-    # --mpp gives one. null = refuse (never guess).
+    # Level-0 resolution of every input, over the manifest's mpp column and the
+    # files' own metadata: what --mpp sets. null = not given. (Precedence in
+    # slideproc.sources.mpp.resolve_mpp.)
+    mpp_um: float | None = None
+    # Resolution used when a file carries none and neither --mpp nor the
+    # manifest gives one. null = refuse (never guess).
     fallback_mpp_um: float | None = None
+    # Largest plain image (jpg, png, striped tif, ...) decoded, in pixels
+    # (width x height). Stitched microscope fields reach hundreds of megapixels;
+    # 500 MP is 1.5 GB decoded (RGB), which a worker holds while it reads the
+    # field. Pillow's own guard (179 MP) is replaced by this one; a header
+    # claiming more (a decompression bomb) is refused before decoding.
+    max_image_pixels: int = 500_000_000
 
 
 @dataclass(frozen=True)
@@ -478,7 +488,15 @@ def _views(obj: Any, prefix: str) -> None:
 def _validate(obj: Any, prefix: str) -> None:
     """Range checks per section (types are already checked)."""
     if isinstance(obj, SourceConfig):
-        _positive(obj, prefix, "working_mpp_um", "fallback_mpp_um")
+        _positive(obj, prefix, "working_mpp_um", "fallback_mpp_um", "mpp_um", "max_image_pixels")
+        from .sources.mpp import MPP_RANGE_UM
+
+        lo, hi = MPP_RANGE_UM
+        for name in ("mpp_um", "fallback_mpp_um"):
+            value = getattr(obj, name)
+            if value is not None and not lo <= value <= hi:
+                raise ConfigError(f"config key '{prefix}.{name}' must be between {lo} and {hi} um per pixel "
+                                  f"(what brightfield microscopes produce), got {value!r}")
     elif isinstance(obj, TilingConfig):
         _positive(obj, prefix, "tile_size_px", "foreground_mpp_um")
         _positive(obj, prefix, "overlap_um", "foreground_dilation_um", allow_zero=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RunConfig
+from .errors import SourceError
 from .schema import DETECT_COLUMNS
 from .segment import Stain, estimate_stain, segment_tile
 from .sources import cached_reader, resolve_mpp
@@ -42,11 +43,25 @@ def empty_cells() -> pd.DataFrame:
 
 def _open_and_mask(ref: SourceRef, cfg: RunConfig):
     """(reader, geometry, foreground mask, mask um/px) of one source."""
-    reader = cached_reader(ref)
-    mpp0 = resolve_mpp(reader, ref, cfg.source.fallback_mpp_um)
+    reader = cached_reader(ref, cfg.source.max_image_pixels)
+    mpp0 = resolve_mpp(reader, ref, cfg.source).mpp
+    check_holds_a_cell(ref.path, reader.dimensions, mpp0, cfg)
     geo = geometry(reader, mpp0, cfg.source.working_mpp_um)
     mask, mask_mpp = foreground_mask(reader, mpp0, cfg.tiling, whole_field=ref.reader == "image")
     return reader, geo, mask, mask_mpp
+
+
+def check_holds_a_cell(path: str, dims: tuple[int, int], mpp0: float, cfg: RunConfig) -> None:
+    """SourceError when the source is narrower than the smallest nucleus detected
+    (2 x segment.min_nucleus_radius_um): no cell can lie in it, so it is a
+    thumbnail or icon, or its mpp is wrong; said rather than counted as 0 cells."""
+    w, h = dims
+    least = 2 * cfg.segment.min_nucleus_radius_um
+    if min(w, h) * mpp0 < least:
+        raise SourceError(
+            f"{path}: {w} x {h} px is {w * mpp0:.3g} x {h * mpp0:.3g} um at {mpp0:g} um/px, narrower than "
+            f"the smallest nucleus detected ({least:g} um, 2 x segment.min_nucleus_radius_um), so it cannot "
+            "hold a cell; check its mpp, or leave thumbnails and icons out of the input")
 
 
 def plan_source(ref: SourceRef, cfg: RunConfig) -> tuple[Geometry, list[TileSpec]]:
@@ -217,7 +232,7 @@ def tiles_in_plan(ref: SourceRef, cfg: RunConfig) -> int:
 
 
 __all__ = [
-    "plan_source", "plan_source_and_stain", "source_stain", "stain_windows", "detect_tile", "detect_field",
+    "check_holds_a_cell", "plan_source", "plan_source_and_stain", "source_stain", "stain_windows", "detect_tile", "detect_field",
     "tile_window", "detect_source", "detect_sample",
     "cells_frame", "concat_cells", "empty_cells", "tiles_in_plan",
 ]

@@ -466,8 +466,9 @@ class Engine:
                 del state.group_futs[g]
 
     def _finish(self, state: _Sample) -> None:
-        cells = (pd.concat(state.batches, ignore_index=True) if self.model is not None
-                 else pd.concat(state.buffer, ignore_index=True) if state.buffer else None)
+        # A sample with no cells has no batches (pd.concat([]) raises).
+        frames = state.batches if self.model is not None else state.buffer
+        cells = pd.concat(frames, ignore_index=True) if frames else None
         if cells is None or len(cells) == 0:
             cells = pd.DataFrame({c: pd.Series(dtype="float64") for c in DETECT_COLUMNS})
             cells["_source_index"] = pd.Series(dtype="int64")

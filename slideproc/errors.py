@@ -50,3 +50,14 @@ class TrainingError(SlideprocError):
 
 class StoreError(SlideprocError):
     """The output store cannot be written or read."""
+
+
+class ImplausibleMppError(MissingMppError):
+    """A file's resolution metadata is outside what a brightfield microscope produces
+    (about 0.02-2 um/px): an image editor's 72 dpi, not the scanner's. Treated like a
+    missing resolution: the user must give the true one."""
+
+
+class NonSquarePixelsError(MissingMppError):
+    """A file's metadata gives different resolutions across and down (beyond rounding);
+    slideproc does not resample per axis, and never averages them in silence."""

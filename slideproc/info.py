@@ -1,4 +1,9 @@
-"""`slideproc info`: what each sample's files are, without reading more than a thumbnail."""
+"""`slideproc info`: what each sample's files are, without reading more than a thumbnail.
+
+One line per sample by default (a folder of hundreds of fields is one line);
+``info -v`` gives a block per file (format, size, levels, mpp and its origin,
+objective power, foreground, notes).
+"""
 
 from __future__ import annotations
 
@@ -29,9 +34,12 @@ class SourceInfo:
 
 
 def describe_source(ref, cfg: RunConfig) -> SourceInfo:
+    """A source's header facts, resolved mpp and foreground share. Image fields
+    are never decoded (a field is taken whole: foreground 100 %); a slide's
+    foreground comes from a thumbnail at ~tiling.foreground_mpp_um."""
     info = SourceInfo(ref.name, ref.path)
     try:
-        reader = open_source(ref)
+        reader = open_source(ref, cfg.source.max_image_pixels)
     except SlideprocError as err:
         info.error = str(err)
         return info
@@ -41,26 +49,65 @@ def describe_source(ref, cfg: RunConfig) -> SourceInfo:
         info.level_count = reader.level_count
         info.level_downsamples = reader.level_downsamples
         info.objective_power = reader.objective_power
-        info.notes = [f"converted {n}" for n in getattr(reader, "conversions", [])]
-        if reader.mpp:
-            info.mpp, info.mpp_origin = reader.mpp, "file metadata"
-        elif ref.mpp:
-            info.mpp, info.mpp_origin = ref.mpp, "manifest/--mpp"
-        elif cfg.source.fallback_mpp_um:
-            info.mpp, info.mpp_origin = cfg.source.fallback_mpp_um, "config fallback"
+        info.notes = list(getattr(reader, "conversions", []))
         try:
-            mpp = resolve_mpp(reader, ref, cfg.source.fallback_mpp_um)
+            res = resolve_mpp(reader, ref, cfg.source)
         except SlideprocError as err:
             info.notes.append(str(err))
-            mpp = None
-        if mpp is not None:
-            mask, _ = foreground_mask(reader, mpp, cfg.tiling, whole_field=reader.level_count == 1 and ref.reader == "image")
+            res = None
+        if res is not None:
+            info.mpp, info.mpp_origin = res.mpp, _ORIGIN[res.source]
+            if res.note:
+                info.notes.append(res.note)
+            mask, _ = foreground_mask(reader, res.mpp, cfg.tiling,
+                                      whole_field=reader.level_count == 1 and ref.reader == "image")
             info.foreground_fraction = float(mask.mean())
     except SlideprocError as err:
         info.error = str(err)
     finally:
         reader.close()
     return info
+
+
+# How `info` names each ResolvedMpp.source.
+_ORIGIN = {"user": "--mpp", "manifest": "manifest", "metadata": "file metadata",
+           "config fallback": "config fallback"}
+
+
+def format_sample_line(sample: SampleSpec, infos: list[SourceInfo]) -> str:
+    """One line: sample_id, what it holds, its size(s), mpp and origin, foreground,
+    and how many files have notes or errors (``info -v`` lists them)."""
+    ok = [i for i in infos if not i.error]
+    parts = [sample.sample_id]
+    if len(infos) == 1 and not ok:
+        return f"{sample.sample_id}  unreadable (error below)"
+    if len(infos) == 1:
+        i = ok[0]
+        parts.append(f"{i.format}, {i.dimensions[0]} x {i.dimensions[1]} px, {i.level_count} level(s)")
+    else:
+        formats = sorted({i.format for i in ok})
+        dims = sorted({i.dimensions for i in ok})
+        size = (f"{dims[0][0]} x {dims[0][1]} px" if len(dims) == 1
+                else f"{len(dims)} sizes" if dims else "")
+        parts.append(", ".join(x for x in (f"{len(infos)} files", "/".join(formats), size) if x))
+    mpps = sorted({(i.mpp, i.mpp_origin) for i in ok if i.mpp})
+    if len(mpps) == 1:
+        parts.append(f"mpp {mpps[0][0]:.4g} um/px ({mpps[0][1]})")
+    elif mpps:
+        parts.append(f"mpp {min(m for m, _ in mpps):.4g}-{max(m for m, _ in mpps):.4g} um/px")
+    missing = sum(1 for i in ok if not i.mpp)
+    if missing:
+        parts.append(f"mpp unknown for {missing} file(s)" if len(infos) > 1 else "mpp unknown")
+    fgs = [i.foreground_fraction for i in ok if i.foreground_fraction is not None]
+    if fgs:
+        parts.append(f"foreground {100 * sum(fgs) / len(fgs):.1f} %")
+    noted = sum(1 for i in ok if i.notes)
+    if noted:
+        parts.append(f"notes for {noted} file(s) (-v)")
+    bad = len(infos) - len(ok)
+    if bad:
+        parts.append(f"{bad} file(s) unreadable")
+    return "  ".join(parts)
 
 
 def format_sample(sample: SampleSpec, infos: list[SourceInfo]) -> str:

@@ -24,7 +24,6 @@ from . import __version__
 from .config import RunConfig, to_dict
 from .errors import StoreError
 from .outlock import exclusive_out_dir
-from .sources.discover import discover
 
 log = logging.getLogger("slideproc.run")
 
@@ -68,8 +67,15 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
     from .engine import Engine, SampleResult, read_model_info
     from .store import tables
 
+    from .plan import log_plan, plan_inputs, plan_record
+
     out_dir = Path(out_dir)
-    found = discover(inputs)  # bad manifests / id collisions: UsageError before anything is written
+    # Discovery and each source's resolution from headers (no pixels): bad
+    # manifests / id collisions are a UsageError before anything is written;
+    # files left out and mpp overrides are logged here and kept for run.json.
+    plan = plan_inputs(inputs, cfg)
+    found = plan.discovery
+    log_plan(plan)
     model = read_model_info(model_dir) if model_dir is not None else None
     run_id = uuid.uuid4().hex[:12]
     started = _now()
@@ -164,6 +170,9 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             "cluster": {"scheduler": scheduler or "local", "dashboard": dashboard, "workers": workers_seen},
             "samples": {sid: {k: v for k, v in vars(r).items() if k != "sample_id"}
                         for sid, r in sorted(results.items())},
+            # Files under the inputs that are in no sample, and each source's mpp
+            # and where it came from (sources/mpp.py), as planned from headers.
+            **plan_record(plan),
         }
         if model is not None:
             tables.rebuild_tables(out_dir)

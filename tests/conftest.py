@@ -45,3 +45,9 @@ def bccd_dir() -> Path:
 @pytest.fixture(scope="session")
 def bm_he_dir() -> Path:
     return _need(REAL / "bm_he_miccai2015")
+
+
+@pytest.fixture(scope="session")
+def cases_dir() -> Path:
+    """../shared/data/cases: input files users reported slide tools misreading (README.md there)."""
+    return _need(SHARED / "data" / "cases")

@@ -283,3 +283,72 @@ def test_fuzz_manifest_parser(tmp_path, text, as_bytes):
         check_sample_id(sample.sample_id, "fuzz")
         assert sample.sources and all(os.path.isabs(r.path) for r in sample.sources)
         assert all(r.mpp is None or (0 < r.mpp < float("inf")) for r in sample.sources)
+
+
+# ----------------------------------------------------------------------------
+# the discovery rule at any depth (issue 14)
+# ----------------------------------------------------------------------------
+def test_samples_at_any_depth_named_after_their_folder(tmp_path):
+    _png(tmp_path / "archive" / "2023" / "P001" / "f0.png")
+    _png(tmp_path / "archive" / "2023" / "P001" / "f1.png", 1)
+    _png(tmp_path / "archive" / "2024" / "march" / "P002" / "f0.png")
+    _png(tmp_path / "archive" / "top.png")  # a field directly in the input: a sample named after it
+    found = discover([tmp_path / "archive"])
+    assert sorted(_ids(found)) == ["P001", "P002", "archive"]
+    by_id = {s.sample_id: s for s in found.samples}
+    assert [r.name for r in by_id["P001"].sources] == ["f0.png", "f1.png"]
+    assert not found.problems and not found.left_out
+
+
+def test_manifest_in_a_walked_folder_claims_its_files(tmp_path, real_slides):
+    """synth's layout: OUT/manifest.csv names the folder samples and their mpp;
+    the slides beside it are found by the folder rule; nothing counted twice."""
+    _png(tmp_path / "OUT" / "folders" / "s1" / "a.png")
+    _png(tmp_path / "OUT" / "folders" / "s1" / "b.png", 1)
+    _png(tmp_path / "OUT" / "loose" / "c.png", 2)
+    (tmp_path / "OUT" / "slides").mkdir()
+    shutil.copy(real_slides / "small.svs", tmp_path / "OUT" / "slides" / "small.svs")
+    (tmp_path / "OUT" / "manifest.csv").write_text("sample_id,path,mpp\nS1,folders/s1,0.3\nC,loose/c.png,0.4\n")
+    (tmp_path / "OUT" / "truth.csv").write_text("sample_id,source,x,y\n")
+    found = discover([tmp_path / "OUT"])
+    by_id = {s.sample_id: s for s in found.samples}
+    assert sorted(by_id) == ["C", "S1", "small"]
+    assert [(r.name, r.mpp) for r in by_id["S1"].sources] == [("a.png", 0.3), ("b.png", 0.3)]
+    assert [(r.name, r.mpp) for r in by_id["C"].sources] == [("loose/c.png", 0.4)]
+    assert by_id["small"].sources[0].mpp is None
+    assert not found.left_out and not found.problems
+
+
+def test_output_folders_zarr_and_mrxs_data_are_not_inputs(tmp_path):
+    _png(tmp_path / "in" / "s1" / "a.png")
+    out = tmp_path / "in" / "results"
+    _png(out / "report" / "plot.png")  # a run's output inside the input: not a sample
+    (out / "run.json").write_text("{}")
+    (out / "errors.csv").write_text("sample_id,path,stage,error\n")
+    (tmp_path / "in" / "store.zarr").mkdir()
+    (tmp_path / "in" / "store.zarr" / "zarr.json").write_text("{}")
+    (tmp_path / "in" / "scans").mkdir()
+    (tmp_path / "in" / "scans" / "slide.mrxs").write_bytes(b"[GENERAL]")
+    # the .mrxs slide's own data folder (its Data*.dat files hold JPEG/PNG tiles)
+    _png(tmp_path / "in" / "scans" / "slide" / "tile.png").rename(tmp_path / "in" / "scans" / "slide" / "Data0000.dat")
+    os.symlink(tmp_path / "in", tmp_path / "in" / "s1" / "loop")  # a symlink loop is walked once
+    found = discover([tmp_path / "in"])
+    assert sorted(_ids(found)) == ["s1", "slide"]
+    assert found.left_out == [(str(out), "a slideproc output folder (run.json, errors.csv), not an input")]
+
+
+def test_files_left_out_are_named(tmp_path):
+    _png(tmp_path / "s1" / "a.png")
+    (tmp_path / "s1" / "Thumbs.db").write_bytes(b"\x07\x00\x00\x00junk" * 8)
+    (tmp_path / "s1" / "meta.xml").write_text("<x/>")
+    (tmp_path / "s1" / ".hidden.png").write_bytes(b"")
+    found = discover([tmp_path / "s1"])
+    assert _ids(found) == ["s1"]
+    assert [p for p, _ in found.left_out] == [str(tmp_path / "s1" / "Thumbs.db")]
+    only_junk = tmp_path / "junk2"
+    only_junk.mkdir()
+    (only_junk / "x.bin").write_bytes(b"\x00\x01")
+    found = discover([only_junk])
+    assert found.problems == [(str(only_junk), "folder holds no slides or images (jpg, png, tif, svs, ...) "
+                                               "(1 other file(s), named in the log)")]
+    assert found.left_out[0][0] == str(only_junk / "x.bin")

@@ -33,7 +33,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_info_real_slides_in_process(real_slides, capsys):
-    rc = main(["info", str(real_slides)])
+    rc = main(["info", "-v", str(real_slides)])
     out, err = capsys.readouterr()
     assert rc == 1  # three files cannot be read; the others are still reported
     blocks = _blocks(out)
@@ -51,11 +51,11 @@ def test_info_real_slides_in_process(real_slides, capsys):
     assert "dimensions: 16 x 16 px" in blocks["small"]
     dicom = blocks["boxes_0"]
     assert "format: dicom" in dicom and "dimensions: 16 x 16 px" in dicom
-    # the plain 16-bit TIFF is an image field: converted, said so, mpp unknown
+    # the plain 16-bit TIFF is an image field (its 160 x 120 second page a preview);
+    # its 96 dpi is no microscope's resolution: refused, naming the fix
     field = blocks["slides"]
     assert "pathml-smalltif.tif" in field and "dimensions: 640 x 480 px" in field
-    assert "note: converted greyscale -> RGB" in field and "uint16 -> uint8" in field
-    assert "mpp: unknown" in field and "--mpp" in field
+    assert "mpp: unknown" in field and "96 pixels per inch" in field and "--mpp" in field
     # the three bad files: an ERROR line in their block, one line each on stderr
     for name in BAD:
         stem = name.rsplit(".", 1)[0]
@@ -68,7 +68,7 @@ def test_info_real_slides_in_process(real_slides, capsys):
 
 
 def test_info_subprocess_no_traceback(real_slides):
-    proc = _run("-m", "slideproc.cli", "info", str(real_slides / "small.svs"), str(real_slides / "unreadable.svs"),
+    proc = _run("-m", "slideproc.cli", "info", "-v", str(real_slides / "small.svs"), str(real_slides / "unreadable.svs"),
                 str(real_slides / "histolab-broken.svs"), str(real_slides / "unopenable.tiff"),
                 str(real_slides / "no-such-file.svs"))
     assert proc.returncode == 1
@@ -90,15 +90,18 @@ def test_info_console_script(real_slides):
 
 
 def test_info_mpp_applies_to_images(real_slides, capsys):
-    rc = main(["info", "--mpp", "0.3", str(real_slides / "pathml-smalltif.tif"), str(real_slides / "small.svs")])
+    rc = main(["info", "-v", "--mpp", "0.3", str(real_slides / "pathml-smalltif.tif"),
+               str(real_slides / "small.svs")])
     out, _ = capsys.readouterr()
     assert rc == 0
     blocks = _blocks(out)
     field = blocks["pathml-smalltif"]
-    assert "mpp: 0.3 um/px (manifest/--mpp)" in field
+    assert "mpp: 0.3 um/px (--mpp)" in field
     assert "foreground: 100.0 %" in field  # a field of view is taken whole
-    # --mpp never overrides a file's own metadata
-    assert "mpp: 0.499 um/px (file metadata)" in blocks["small"]
+    assert "the file says 264.6 um/px (96 pixels per inch)" in field
+    # --mpp is what the user wants, over the file's own metadata, with a note
+    assert "mpp: 0.3 um/px (--mpp)" in blocks["small"]
+    assert "note: " in blocks["small"] and "the file says 0.499 um/px" in blocks["small"]
 
 
 def test_info_manifest_mpp_and_folder(tmp_path, capsys):
@@ -107,12 +110,12 @@ def test_info_manifest_mpp_and_folder(tmp_path, capsys):
     Image.fromarray(arr).save(tmp_path / "f1.png")
     Image.fromarray(arr).save(tmp_path / "f2.png")
     (tmp_path / "m.csv").write_text("sample_id,path,mpp\nP1,f1.png,0.25\nP1,f2.png,\n")
-    rc = main(["info", str(tmp_path / "m.csv")])
+    rc = main(["info", "-v", str(tmp_path / "m.csv")])
     out, _ = capsys.readouterr()
     assert rc == 0
     block = _blocks(out)["P1"]
     assert "  f1.png" in block and "  f2.png" in block  # two sources: each named
-    assert "mpp: 0.25 um/px (manifest/--mpp)" in block
+    assert "mpp: 0.25 um/px (manifest)" in block
     assert "mpp: unknown" in block  # f2 has no mpp: said, but not a failure of info
 
 
@@ -183,3 +186,20 @@ def test_importtime_shows_no_tensorflow(real_slides, argv):
                 for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "slideproc" in imported
     assert not imported & set(_HEAVY)
+
+
+def test_info_on_a_folder_of_many_images_is_one_line_per_sample(tmp_path, capsys):
+    """292 fields printed 2,341 lines before; now one line per sample, details with -v."""
+    rng = np.random.default_rng(0)
+    for sample, n in (("P1", 40), ("P2", 3)):
+        (tmp_path / sample).mkdir()
+        for i in range(n):
+            grey = rng.integers(100, 256, (48, 64), np.uint8)  # greyscale: converted when read
+            Image.fromarray(grey).save(tmp_path / sample / f"f{i:03d}.png")
+    assert main(["info", "--mpp", "0.25", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["P1  40 files, png, 64 x 48 px  mpp 0.25 um/px (--mpp)  foreground 100.0 %",
+                   "P2  3 files, png, 64 x 48 px  mpp 0.25 um/px (--mpp)  foreground 100.0 %"]
+    assert main(["info", "-v", "--mpp", "0.25", str(tmp_path)]) == 0
+    detailed = capsys.readouterr().out
+    assert detailed.count("dimensions: 64 x 48 px") == 43 and "  f039.png" in detailed

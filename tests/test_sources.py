@@ -104,10 +104,13 @@ def test_smalltif_is_an_image_field_converted(real_slides):
     with open_path(path) as r:
         assert isinstance(r, ImageReader)
         assert r.dimensions == (640, 480) and r.level_count == 1
-        assert r.mpp is None
+        # A striped TIFF's resolution tags are read as OpenSlide reads a tiled
+        # one's: 96 pixels per inch = 264.6 um/px (which resolve_mpp refuses).
+        assert r.mpp == pytest.approx(25400 / 96)
+        assert r.conversions == []  # nothing decoded yet: opening reads the header only
+        px = r.read_region((0, 0), 0, (640, 480))
         assert "greyscale -> RGB" in r.conversions
         assert any("uint16 -> uint8" in c for c in r.conversions)
-        px = r.read_region((0, 0), 0, (640, 480))
     assert px.dtype == np.uint8 and px.shape == (480, 640, 3)
     assert (px[..., 0] == px[..., 1]).all() and (px[..., 1] == px[..., 2]).all()
     assert px.max() == 255  # the 16-bit range used is stretched to 8 bits
@@ -211,11 +214,12 @@ def test_truncated_and_corrupt_images(tmp_path):
         (tmp_path / f"zero.{ext}").write_bytes(b"")
         for stem in ("trunc", "garbage", "zero"):
             path = tmp_path / f"{stem}.{ext}"
+            # Opening reads the header; a truncated file fails on its first read.
             with pytest.raises(SourceError) as info:
-                ImageReader(str(path))
+                ImageReader(str(path)).read_region((0, 0), 0, (8, 8))
             assert path.name in str(info.value) and "\n" not in str(info.value)
             with pytest.raises(SourceError):
-                open_path(path)
+                open_path(path).read_region((0, 0), 0, (8, 8))
     (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\x00" * 50)
     with pytest.raises(SourceError, match="bad.tif"):
         open_path(tmp_path / "bad.tif")
@@ -228,8 +232,8 @@ def test_alpha_png_composited_on_white(tmp_path):
     rgba[:, 6:, 3] = 0
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     with ImageReader(str(tmp_path / "alpha.png")) as r:
-        assert "alpha composited onto white" in r.conversions
         px = r.read_region((0, 0), 0, (12, 10))
+        assert "alpha composited onto white" in r.conversions
     np.testing.assert_array_equal(px[:, :6], np.broadcast_to([200, 0, 0], (10, 6, 3)))
     assert (px[:, 6:] == 255).all()
 
@@ -238,9 +242,9 @@ def test_16bit_png(tmp_path):
     grey = (np.arange(40 * 30, dtype=np.uint32).reshape(30, 40) * 3).astype(np.uint16)
     Image.fromarray(grey).save(tmp_path / "g16.png")
     with ImageReader(str(tmp_path / "g16.png")) as r:
+        px = r.read_region((0, 0), 0, (40, 30))
         assert "greyscale -> RGB" in r.conversions
         assert any(c.endswith("-> uint8") for c in r.conversions)
-        px = r.read_region((0, 0), 0, (40, 30))
     assert px.dtype == np.uint8 and px.shape == (30, 40, 3)
     assert px[0, 0, 0] == 0 and px.max() == 255
     # order is kept: brighter in, brighter out
@@ -263,18 +267,37 @@ def test_array_reader_conversions():
 # ----------------------------------------------------------------------------
 # mpp
 # ----------------------------------------------------------------------------
+def _source_cfg(mpp=None, fallback=None):
+    from slideproc.config import SourceConfig
+
+    return SourceConfig(mpp_um=mpp, fallback_mpp_um=fallback)
+
+
 def test_resolve_mpp_order(real_slides, tmp_path):
+    """--mpp (user) > manifest > metadata > config fallback, each said with its source."""
     slide = real_slides / "small.svs"
+    ref = SourceRef(str(slide), slide.name, "openslide")
     with open_path(slide) as r:
-        # metadata wins over manifest/--mpp and fallback
-        assert resolve_mpp(r, SourceRef(str(slide), slide.name, "openslide", mpp=0.3), 0.7) == pytest.approx(0.499)
+        res = resolve_mpp(r, ref, _source_cfg(fallback=0.7))
+        assert (res.mpp, res.source, res.note) == (pytest.approx(0.499), "metadata", "")
+        # the manifest's value wins over metadata, with a note naming both
+        res = resolve_mpp(r, SourceRef(str(slide), slide.name, "openslide", mpp=0.3), _source_cfg(fallback=0.7))
+        assert (res.mpp, res.source) == (0.3, "manifest")
+        assert str(slide) in res.note and "0.3" in res.note and "0.499" in res.note
+        # --mpp wins over both
+        res = resolve_mpp(r, SourceRef(str(slide), slide.name, "openslide", mpp=0.3), _source_cfg(0.25, 0.7))
+        assert (res.mpp, res.source) == (0.25, "user") and "--mpp" in res.note
+        # agreeing within rounding: no note
+        assert resolve_mpp(r, ref, _source_cfg(0.4992)).note == ""
     Image.fromarray(_rgb()).save(tmp_path / "f.png")
     path = str(tmp_path / "f.png")
     with open_path(path) as r:
-        assert resolve_mpp(r, SourceRef(path, "f.png", "image", mpp=0.3), 0.7) == 0.3
-        assert resolve_mpp(r, SourceRef(path, "f.png", "image"), 0.7) == 0.7
+        res = resolve_mpp(r, SourceRef(path, "f.png", "image", mpp=0.3), _source_cfg(fallback=0.7))
+        assert (res.mpp, res.source, res.note) == (0.3, "manifest", "")
+        res = resolve_mpp(r, SourceRef(path, "f.png", "image"), _source_cfg(fallback=0.7))
+        assert (res.mpp, res.source) == (0.7, "config fallback")
         with pytest.raises(MissingMppError) as info:
-            resolve_mpp(r, SourceRef(path, "f.png", "image"), None)
+            resolve_mpp(r, SourceRef(path, "f.png", "image"), _source_cfg())
     msg = str(info.value)
     assert path in msg and "--mpp" in msg and "mpp' column" in msg
     assert isinstance(info.value, SourceError)

@@ -23,14 +23,17 @@ class SourceRef:
 
     ``path`` is absolute; ``name`` is what outputs call it (relative to the
     sample's folder, the manifest, or the file name of a slide given directly).
-    ``mpp`` is the resolution from the manifest or ``--mpp``, used only when
-    the file carries none.
+    ``mpp`` is the resolution from the manifest's mpp column (see
+    :func:`slideproc.sources.mpp.resolve_mpp` for the precedence).
+    ``page``: for an image file with several pages (a multi-page TIFF), the
+    0-based page this source is; its ``name`` is then ``file#N`` (N from 1).
     """
 
     path: str
     name: str
     reader: str  # "openslide" | "image"
     mpp: float | None = None
+    page: int | None = None
 
 
 @runtime_checkable

@@ -1,15 +1,26 @@
 """Turn the command line's INPUT paths into samples.
 
-- a slide file: one sample, named after the file's stem;
-- a folder of images: one sample, named after the folder;
-- a folder of folders: one sample per sub-folder holding images;
-- slides inside a folder: one sample each (DICOM files of one folder are one slide);
-- ``manifest.csv`` (``sample_id,path[,mpp]``): several files per sample and an
-  mpp for files that carry none; paths relative to the manifest.
+The rule (README "Inputs"), applied to every folder under an INPUT folder, at
+any depth:
 
-Discovery only lists files (and reads TIFF headers to tell slides from plain
-images); opening and reading happen later, per sample, so one bad file fails
-one sample, not the run.
+- a slide file (anything OpenSlide opens) is one sample, named after the file's
+  stem; the DICOM files of one folder are one slide;
+- a folder that directly holds image fields (any file Pillow or tifffile reads,
+  decided by content) is one sample named after that folder; each page of a
+  multi-page TIFF is a field (``file.tif#2``: page 2);
+- a ``manifest.csv`` (``sample_id,path[,mpp]``, given as an INPUT or found in a
+  walked folder) defines the samples of the files it lists, with their mpp;
+  paths relative to the manifest. Files a manifest lists are not also taken by
+  the folder rule; the rest of the folder is walked as usual;
+- two samples with the same sample_id are an error naming both paths.
+
+Every other file is either ignored silently (hidden files and folders, side-car
+text such as .txt/.csv/.xml/.json, a .mrxs slide's data folder, slideproc's own
+output folders) or named in :attr:`Discovery.left_out` with the reason; the
+run logs it and lists it in run.json.
+
+Discovery reads headers only (TIFF tags, image headers); opening and reading
+happen later, per sample, so one bad file fails one sample, not the run.
 """
 
 from __future__ import annotations
@@ -22,8 +33,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, SourceError, UsageError
 from .base import SourceRef
+from .image_header import page_name, read_header
+from .mpp import MPP_RANGE_UM
 from .openslide_reader import detect_format
 from . import reader_kind_for
 
@@ -45,6 +58,15 @@ class Discovery:
     # (path, reason) for inputs that yield no sample at all; each becomes a failed
     # "sample" in errors.csv so nothing is silently dropped.
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # (path, reason) for files under an input that are in no sample (not an
+    # image or slide, a TIFF's preview page, ...): logged and listed in run.json.
+    left_out: list[tuple[str, str]] = field(default_factory=list)
+
+
+# Side-car files that sit beside slides and fields (notes, exports, metadata):
+# never a sample, not worth a line each.
+SIDECAR_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".xml", ".json", ".yaml", ".yml", ".md", ".log", ".ini"})
+MANIFEST_NAME = "manifest.csv"
 
 
 def check_sample_id(sample_id: str, where: str) -> str:
@@ -62,30 +84,64 @@ def _sanitize(name: str) -> str:
     return cleaned[:128]
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def _visible(names) -> list[str]:
+    return sorted(n for n in names if not n.startswith("."))
 
 
-def _classify_files(folder: Path) -> tuple[list[Path], list[Path], list[Path]]:
-    """(image fields, slide files, dicom files) directly inside ``folder``."""
+def image_refs(path: Path, name: str, mpp: float | None, out: Discovery) -> list[SourceRef]:
+    """The field(s) of one image file: one SourceRef per page that is a field
+    (``name#N`` when the file has several); preview pages go to ``out.left_out``.
+    A file whose header cannot be read is one ref: opening it names the fault."""
+    resolved = os.path.abspath(path)
+    try:
+        header = read_header(resolved)
+    except SourceError:
+        return [SourceRef(resolved, name, "image", mpp)]
+    for page, why in header.previews:
+        out.left_out.append((f"{resolved}#{page + 1}", f"page {page + 1} is {why}, not a field"))
+    if len(header.pages) == 1:
+        # One field (perhaps beside previews): named after the file alone.
+        page = header.pages[0]
+        return [SourceRef(resolved, name, "image", mpp, page or None)]
+    return [SourceRef(resolved, page_name(name, page), "image", mpp, page) for page in header.pages]
+
+
+def _classify_folder(folder: Path, names: list[str], out: Discovery
+                     ) -> tuple[list[Path], list[Path], list[Path]]:
+    """(image fields, slide files, dicom files) among ``names`` in ``folder``;
+    anything else that is not a side-car goes to ``out.left_out``."""
     images, slides, dicoms = [], [], []
-    for p in _files(folder):
-        if p.suffix.lower() == ".dcm":
+    for name in names:
+        p = folder / name
+        if not p.is_file():
+            continue
+        suffix = p.suffix.lower()
+        if suffix == ".dcm":
             dicoms.append(p)
             continue
-        kind = reader_kind_for(p)
+        if suffix in SIDECAR_SUFFIXES:
+            continue
+        try:
+            kind = reader_kind_for(p)
+        except OSError as err:
+            out.left_out.append((str(p), f"cannot be read: {err.strerror or err}"))
+            continue
         if kind == "image":
             images.append(p)
         elif kind == "openslide":
-            slides.append(p)
+            (dicoms if detect_format(str(p)) == "dicom" else slides).append(p)
+        else:
+            out.left_out.append((str(p), "not a slide or image slideproc can read (OpenSlide, Pillow and "
+                                         "tifffile do not recognise it)"))
     return images, slides, dicoms
 
 
-def _folder_samples(folder: Path, out: Discovery, recurse: bool = True) -> int:
-    images, slides, dicoms = _classify_files(folder)
+def _folder_samples(folder: Path, names: list[str], out: Discovery) -> int:
+    """The samples that the files ``names`` directly inside ``folder`` make."""
+    images, slides, dicoms = _classify_folder(folder, names, out)
     found = 0
     if images:
-        refs = tuple(SourceRef(str(p.resolve()), p.name, "image") for p in images)
+        refs = tuple(r for p in images for r in image_refs(p, p.name, None, out))
         # resolve(): "." or ".." given on the command line still names the folder.
         out.samples.append(SampleSpec(_sanitize(folder.resolve().name), refs, str(folder)))
         found += 1
@@ -99,9 +155,43 @@ def _folder_samples(folder: Path, out: Discovery, recurse: bool = True) -> int:
         name = folder.resolve().name if not (images or slides) else first.stem
         out.samples.append(SampleSpec(_sanitize(name), (SourceRef(str(first.resolve()), first.name, "openslide"),), str(folder)))
         found += 1
-    if recurse:
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found += _folder_samples(sub, out, recurse=False)
+    return found
+
+
+def _is_output_folder(names: list[str]) -> bool:
+    """A slideproc OUT_DIR (run.json beside errors.csv): results, not inputs."""
+    return "run.json" in names and "errors.csv" in names
+
+
+def _walk(root: Path, out: Discovery) -> int:
+    """Samples from every folder under ``root`` (any depth); returns how many."""
+    folders: list[tuple[Path, list[str]]] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        names = _visible(filenames)
+        if real in seen or _is_output_folder(names):
+            if real not in seen and dirpath != str(root):
+                out.left_out.append((dirpath, "a slideproc output folder (run.json, errors.csv), not an input"))
+            dirnames[:] = []  # a symlink loop, or results: not walked
+            continue
+        seen.add(real)
+        stems = {os.path.splitext(n)[0] for n in names if n.lower().endswith(".mrxs")}
+        # Hidden folders, a .mrxs slide's data folder (its own files), Zarr stores.
+        dirnames[:] = [d for d in _visible(dirnames) if d not in stems and not d.lower().endswith(".zarr")]
+        folders.append((Path(dirpath), names))
+    # Manifests first, wherever they are: the files they list are theirs.
+    claimed: set[str] = set()
+    found = 0
+    for folder, names in folders:
+        for name in names:
+            if name.lower() == MANIFEST_NAME:
+                before = len(out.samples)
+                claimed |= read_manifest(folder / name, out)
+                found += len(out.samples) - before
+    for folder, names in folders:
+        free = [n for n in names if os.path.abspath(folder / n) not in claimed and n.lower() != MANIFEST_NAME]
+        found += _folder_samples(folder, free, out)
     return found
 
 
@@ -159,8 +249,11 @@ def _manifest_kind(file: Path) -> str:
     return "openslide" if file.suffix.lower() in (".svs", ".ndpi", ".mrxs", ".scn", ".dcm") else "image"
 
 
-def read_manifest(path: Path, out: Discovery) -> None:
+def read_manifest(path: Path, out: Discovery) -> set[str]:
+    """Add the manifest's samples to ``out``; returns the absolute paths of the
+    files it lists (for a folder row, the files inside that folder)."""
     rows = _parse_manifest(path)
+    claimed: set[str] = set()
     by_sample: dict[str, list[SourceRef]] = {}
     seen: set[tuple[str, str]] = set()
     base = path.parent
@@ -182,6 +275,10 @@ def read_manifest(path: Path, out: Discovery) -> None:
                 mpp = -1.0
             if not (math.isfinite(mpp) and mpp > 0):
                 raise UsageError(f"{where}: mpp must be a positive number of um per pixel, got {mpp_text[:40]!r}")
+            lo, hi = MPP_RANGE_UM
+            if not lo <= mpp <= hi:
+                raise UsageError(f"{where}: mpp {mpp_text[:40]} um per pixel is outside what brightfield "
+                                 f"microscopes produce ({lo:g}-{hi:g}); give the level-0 resolution in um per pixel")
         if (sample_id, rel) in seen:
             raise UsageError(f"{where}: sample {sample_id!r} lists {rel[:200]!r} twice; remove the duplicate row")
         seen.add((sample_id, rel))
@@ -189,24 +286,37 @@ def read_manifest(path: Path, out: Discovery) -> None:
         if file.is_dir():
             # A folder row stands for the image fields inside it; they are named
             # relative to that folder, as when the folder is given as an INPUT.
-            images, _slides, _dicoms = _classify_files(file)
+            names = _visible(os.listdir(file))
+            images, slides, dicoms = _classify_folder(file, names, out)
             if not images:
-                raise UsageError(f"{where}: folder {rel!r} holds no images (jpg, png, tif); list files instead")
+                raise UsageError(f"{where}: folder {rel!r} holds no images (jpg, png, tif, ...); list files instead")
+            for other in slides + dicoms:
+                out.left_out.append((str(other), f"a slide inside image folder {rel!r} of {where}; "
+                                                 "list it on its own row to process it"))
+            claimed |= {os.path.abspath(file / n) for n in names}
             for img in images:
-                by_sample.setdefault(sample_id, []).append(
-                    SourceRef(os.path.abspath(img), img.name, "image", mpp))
+                by_sample.setdefault(sample_id, []).extend(image_refs(img, img.name, mpp, out))
             continue
         kind = _manifest_kind(file)
-        by_sample.setdefault(sample_id, []).append(SourceRef(os.path.abspath(file), rel, kind, mpp))
+        claimed.add(os.path.abspath(file))
+        if kind == "image" and file.is_file():
+            by_sample.setdefault(sample_id, []).extend(image_refs(file, rel, mpp, out))
+        else:
+            by_sample.setdefault(sample_id, []).append(SourceRef(os.path.abspath(file), rel, kind, mpp))
     if not by_sample:
         raise UsageError(f"{path}: manifest lists no samples")
     for sample_id, refs in by_sample.items():
         out.samples.append(SampleSpec(sample_id, tuple(refs), str(path)))
+    return claimed
 
 
 def discover(inputs: list[str | Path]) -> Discovery:
-    """Samples for the given INPUT paths, in a stable order. Raises UsageError for
-    a bad manifest or colliding sample_ids; a missing input is a problem, not fatal."""
+    """Samples for the given INPUT paths, in a stable order (module docstring).
+
+    Raises UsageError for a bad manifest or two samples with the same
+    sample_id; a missing input or a folder with nothing to process is a
+    problem (a failed row in errors.csv), not fatal.
+    """
     out = Discovery()
     for raw in inputs:
         path = Path(raw)
@@ -219,10 +329,14 @@ def discover(inputs: list[str | Path]) -> Discovery:
             kind = reader_kind_for(path)
             # A file given by name is a sample even when unrecognised: opening it
             # later gives the precise reason in errors.csv.
-            out.samples.append(SampleSpec(_sanitize(path.stem), (SourceRef(str(path.resolve()), path.name, kind or "openslide"),), str(path)))
+            refs = (image_refs(path, path.name, None, out) if kind == "image"
+                    else [SourceRef(str(path.resolve()), path.name, kind or "openslide")])
+            out.samples.append(SampleSpec(_sanitize(path.stem), tuple(refs), str(path)))
         elif path.is_dir():
-            if _folder_samples(path, out) == 0:
-                out.problems.append((str(path), "folder holds no slides or images (jpg, png, tif, svs, ...)"))
+            left = len(out.left_out)
+            if _walk(path, out) == 0:
+                listed = "" if len(out.left_out) == left else f" ({len(out.left_out) - left} other file(s), named in the log)"
+                out.problems.append((str(path), f"folder holds no slides or images (jpg, png, tif, svs, ...){listed}"))
         else:
             out.problems.append((str(path), "not a file or folder"))
     seen: dict[str, str] = {}
@@ -230,7 +344,7 @@ def discover(inputs: list[str | Path]) -> Discovery:
         if sample.sample_id in seen:
             raise UsageError(
                 f"two inputs give the same sample_id {sample.sample_id!r} ({seen[sample.sample_id]} and "
-                f"{sample.origin}); rename one or list them in a manifest.csv with distinct sample_ids"
+                f"{sample.origin}); rename one of them, or list them in a manifest.csv with distinct sample_ids"
             )
         seen[sample.sample_id] = sample.origin
     return out

@@ -61,7 +61,9 @@ class OpenSlideReader:
         return tuple(float(d) for d in self._slide.level_downsamples)
 
     @property
-    def mpp(self) -> float | None:
+    def mpp_xy(self) -> tuple[float, float] | None:
+        """(across, down) level-0 um/px from the slide's metadata, or None.
+        One axis given alone stands for both (some scanners write only mpp-x)."""
         import openslide
 
         props = self._slide.properties
@@ -70,11 +72,30 @@ class OpenSlideReader:
             try:
                 value = float(props[key])
             except (KeyError, ValueError):
-                continue
-            if value > 0:
-                values.append(value)
-        # Square pixels are the norm; the mean hides rounding in the metadata.
-        return float(np.mean(values)) if values else None
+                value = None
+            values.append(value if value is not None and value > 0 else None)
+        x, y = values
+        if x is None and y is None:
+            return None
+        return (x or y, y or x)
+
+    @property
+    def mpp(self) -> float | None:
+        """Mean of :attr:`mpp_xy` (sources.mpp.resolve_mpp refuses unequal axes)."""
+        xy = self.mpp_xy
+        return float(np.mean(xy)) if xy else None
+
+    @property
+    def mpp_detail(self) -> str:
+        """What a TIFF's resolution tags say, e.g. "72 pixels per inch" ("" otherwise)."""
+        props = self._slide.properties
+        unit, xres = props.get("tiff.ResolutionUnit"), props.get("tiff.XResolution")
+        if unit in ("inch", "centimeter") and xres:
+            try:
+                return f"{float(xres):g} pixels per {'centimetre' if unit == 'centimeter' else 'inch'}"
+            except ValueError:
+                return ""
+        return ""
 
     @property
     def objective_power(self) -> float | None:

@@ -193,10 +193,11 @@ def _pillow_header(path: str) -> ImageHeader:
     except FileNotFoundError:
         raise SourceError(f"{path}: file not found") from None
     except UnidentifiedImageError:
-        raise SourceError(f"{path}: not an image Pillow or tifffile can read") from None
+        raise SourceError(f"{path}: cannot decode image (not a format Pillow or tifffile reads); "
+                          "re-export it as PNG or JPEG") from None
     except Exception as err:  # noqa: BLE001 - Pillow's plugins raise many types
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SourceError(f"{path}: cannot read the image header ({reason})") from None
+        raise SourceError(f"{path}: cannot decode image ({reason}); re-export it as PNG or JPEG") from None
     if orientation not in range(1, 9):
         orientation = 1
     fields, previews = _previews(sizes, [False] * len(sizes))

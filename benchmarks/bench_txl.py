@@ -1,6 +1,6 @@
 """Detection across four microscopes, cameras and stains: the TXL-PBC fields (issue 15).
 
-    python benchmarks/bench_txl.py [--split val] [--limit N] [--jobs 2]
+    python benchmarks/bench_txl.py [--split val] [--config CONFIG] [--limit N] [--jobs 2]
 
 TXL-PBC (../shared/data/real/txl_pbc, SOURCES.md) holds peripheral-blood fields
 from four public sets, told apart by their size: BCCD 640x480, BCD 416x416,
@@ -15,6 +15,8 @@ with each field's mpp from its own red-cell boxes: 7.5 um over the median
 longer side of the RBC boxes clear of the field's edge (a field with fewer
 than 3 such boxes takes its source's median).
 
+``--config`` runs detection with a run config (e.g. the default, or
+configs/blood-grey-red-cells.yaml for films whose red cells stain grey-violet).
 Split: thresholds were tuned on ``train`` only; figures are reported on ``val``.
 ``--set KEY=VALUE`` overrides config keys (exploration). ``--fields-csv`` writes
 one row per field for a closer look.
@@ -82,13 +84,14 @@ def fields(data: Path, split: str, sources, limit: int | None):
 
 def _one(job):
     """Detect one field at one resolution; its box hits (and estimate, for auto)."""
-    img, label, src, (w, h), mode, mpp_boxes, overrides = job
-    from slideproc.config import RunConfig, with_overrides
+    img, label, src, (w, h), mode, mpp_boxes, overrides, config = job
+    from slideproc.config import load_run_config, with_overrides
     from slideproc.detect import detect_source
     from slideproc.detection_eval import box_hits
     from slideproc.sources.base import SourceRef
 
-    cfg = with_overrides(RunConfig(), overrides) if overrides else RunConfig()
+    cfg = load_run_config(config)
+    cfg = with_overrides(cfg, overrides) if overrides else cfg
     boxes, classes = read_boxes(label, w, h)
     row = {"field": img.name, "source": src, "mode": mode, "mpp_boxes": mpp_boxes}
     mpp = mpp_boxes
@@ -131,8 +134,9 @@ def main() -> int:
     p.add_argument("--mpp", nargs="+", default=["boxes"], choices=["boxes"])
     p.add_argument("--limit", type=int, default=None, help="at most N fields per source, spread evenly")
     p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--config", type=Path, default=None, help="run config (default: the packaged default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. segment.blue_weight=0.4 (exploration)")
+                   help="config override, e.g. segment.min_nuclear_contrast=0.05 (exploration)")
     p.add_argument("--fields-csv", type=Path, default=None)
     p.add_argument("--no-record", action="store_true", help="print only, do not append to benchmarks/results")
     args = p.parse_args()
@@ -146,7 +150,7 @@ def main() -> int:
         mpps.append(box_mpp(*read_boxes(label, w, h), w, h))
     median = {s: float(np.median([m for m, t in zip(mpps, todo) if t[2] == s and m])) for s in args.sources
               if any(m for m, t in zip(mpps, todo) if t[2] == s)}
-    jobs = [(img, label, src, size, mode, m or median[src], overrides)
+    jobs = [(img, label, src, size, mode, m or median[src], overrides, args.config)
             for mode in args.mpp for (img, label, src, size), m in zip(todo, mpps)]
     if args.jobs > 1:
         from multiprocessing import get_context
@@ -160,7 +164,8 @@ def main() -> int:
 
         pd.DataFrame(rows).to_csv(args.fields_csv, index=False)
     summary = summarise(rows)
-    data = {"split": args.split, "limit": args.limit, "overrides": overrides, "per_source": summary}
+    data = {"split": args.split, "limit": args.limit, "config": str(args.config or "default"),
+            "overrides": overrides, "per_source": summary}
     if args.no_record:
         print(json.dumps(data, indent=1))
     else:

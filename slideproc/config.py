@@ -86,10 +86,12 @@ class SegmentConfig:
     # A pixel is stained (not glass) when its largest channel optical density
     # exceeds this; glass is ~0, pale cytoplasm ~0.05-0.1.
     stained_min_od: float = 0.04
-    # Nuclear channel = OD_R - blue_weight * OD_B: nuclei absorb red light,
-    # red cells hardly (OD_R ~0.05); the OD_B term cancels overlapping red
-    # cells. 0.5 keeps violet nuclei (OD_B ~ OD_R) as well as blue ones.
-    blue_weight: float = 0.5
+    # Nuclear channel = weights . (OD_R, OD_G, OD_B). OD_R - 0.5 OD_B: nuclei
+    # absorb red light, pink red cells hardly (OD_R ~0.05); the OD_B term
+    # cancels overlapping red cells, 0.5 keeps violet nuclei (OD_B ~ OD_R).
+    # Films whose red cells stain grey-violet: 0, 1, -1 (OD_G - OD_B; see
+    # segment.stain_channels and configs/blood-grey-red-cells.yaml).
+    nuclear_weights: tuple[float, ...] = (1.0, 0.0, -0.5)
     # Bounds on the per-source Otsu threshold of the nuclear channel.
     # Red cells are <= 0.05 and nuclei 0.15-0.6 whatever the stain: the lower
     # bound stops a nucleus-free tile adapting down to red cells and platelets,
@@ -510,9 +512,13 @@ def _validate(obj: Any, prefix: str) -> None:
                   "max_single_nucleus_area_um2")
         _positive(obj, prefix, "lobe_merge_distance_um", "smoothing_um", "stained_min_od",
                   "nuclear_threshold_min", "min_nuclear_contrast", "min_fragment_area_um2",
-                  "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od", "blue_weight",
+                  "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od",
                   "satellite_area_um2", "pale_nucleus_threshold", allow_zero=True)
         _fraction(obj, prefix, "min_refine_fraction")
+        w = obj.nuclear_weights
+        if len(w) != 3 or not all(math.isfinite(v) for v in w) or not any(w):
+            raise ConfigError(f"config key '{prefix}.nuclear_weights' must be 3 finite numbers (weights of "
+                              f"OD_R, OD_G, OD_B), not all 0; got {list(w)!r}")
         if obj.centroid not in ("cell", "nucleus"):
             raise ConfigError(f"config key '{prefix}.centroid' must be cell or nucleus, got {obj.centroid!r}")
         if obj.nuclear_threshold_min > obj.nuclear_threshold_max:

@@ -8,9 +8,9 @@ Method:
 
 1. Stain. Optical density per channel against the glass level (fixed per
    source by ``estimate_stain``, so every tile is cut alike; brightness does
-   not matter). Nuclear channel = OD_R - 0.5 OD_B: ~0.2-0.6 in purple-blue
-   nuclei, ~0.1-0.2 in platelets and blue cytoplasm, <= 0.05 in pink red
-   cells, which absorb green and blue light, not red.
+   not matter). Nuclear channel = OD_R - 0.5 OD_B (``nuclear_weights``):
+   ~0.2-0.6 in purple-blue nuclei, ~0.1-0.2 in platelets and blue cytoplasm,
+   <= 0.05 in pink red cells, which absorb green and blue light, not red.
 2. Threshold. Otsu on the stained pixels' nuclear channel, clamped to
    ``nuclear_threshold_min/max`` so a source with few nuclei cannot adapt
    down to red cells. Blobs larger than a nucleus (a blast in deep-blue
@@ -115,21 +115,35 @@ def glass_level(rgb: np.ndarray) -> tuple[float, float, float]:
 def stain_channels(rgb: np.ndarray, glass, cfg: SegmentConfig, mpp: float) -> tuple[np.ndarray, np.ndarray]:
     """(nuclear channel, stained mask) of a uint8 tile, as segmentation sees them.
 
-    OD comes from a 256-entry table per channel (no per-pixel logarithm) and
-    only the nuclear channel is blurred (``smoothing_um``): a tile costs a few
-    table look-ups and one filter.
+    OD comes from a 256-entry table per channel, already multiplied by the
+    channel's weight (no per-pixel logarithm or product), and only the nuclear
+    channel is blurred (``smoothing_um``): a tile costs two or three table
+    look-ups and one filter.
 
-    Nuclear channel = OD_R - blue_weight * OD_B. Red light is what a nucleus
-    absorbs and a red cell passes (OD_R ~0.5 vs ~0.05); subtracting part of
-    OD_B cancels the red cells' tail where two overlap and keeps violet nuclei,
-    whose OD_B may match their OD_R.
+    Nuclear channel = ``nuclear_weights`` . (OD_R, OD_G, OD_B), by default
+    OD_R - 0.5 OD_B. Red light is what a nucleus absorbs and a pink red cell
+    passes (OD_R ~0.5 vs ~0.05); subtracting part of OD_B cancels the red
+    cells' tail where two overlap and keeps violet nuclei, whose OD_B may match
+    their OD_R. Red cells that stain grey-violet absorb red light too and read
+    as high as their nuclei on it; for such films OD_G - OD_B (weights
+    0, 1, -1) reads them low: haemoglobin absorbs blue (its Soret band) about
+    as much as green, chromatin green far more (BENCHMARKS.md, TXL-PBC). It
+    reads eosin as high as a nucleus, so it is no channel for H&E.
     """
     glass = np.asarray(glass, np.float64)
     levels = np.arange(256, dtype=np.float64)
-    lut = np.clip(np.log10((glass[:, None] + 1.0) / (levels[None, :] + 1.0)), 0.0, None).astype(np.float32)
+    w = cfg.nuclear_weights
+    lut = np.clip(np.log10((glass[:, None] + 1.0) / (levels[None, :] + 1.0)), 0.0, None)
+    lut = (lut * np.asarray(w, np.float64)[:, None]).astype(np.float32)
     rgb = np.asarray(rgb, dtype=np.uint8)
-    nuc = lut[0][rgb[..., 0]]
-    nuc -= cfg.blue_weight * lut[2][rgb[..., 2]]
+    nuc = None
+    for c in range(3):
+        if w[c] == 0.0:
+            continue
+        if nuc is None:
+            nuc = lut[c][rgb[..., c]]
+        else:
+            nuc += lut[c][rgb[..., c]]
     sigma = cfg.smoothing_um / mpp
     if sigma > 0.3:
         nuc = ndimage.gaussian_filter(nuc, sigma, mode="nearest", truncate=3.0)

@@ -43,6 +43,11 @@ def bccd_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def txl_dir() -> Path:
+    return _need(REAL / "txl_pbc")
+
+
+@pytest.fixture(scope="session")
 def bm_he_dir() -> Path:
     return _need(REAL / "bm_he_miccai2015")
 

@@ -211,3 +211,27 @@ def test_binary_opening_equals_scipy(radius):
     mask[0, :] = mask[:, -1] = True  # objects on the border: outside counts as background
     st = _disk(radius)
     np.testing.assert_array_equal(binary_opening(mask, st), ndimage.binary_opening(mask, structure=st))
+
+
+def test_nuclear_channel_is_the_configured_weighted_od():
+    """The table look-up equals the weighted OD computed directly, for the
+    default channel (OD_R - 0.5 OD_B) exactly as before and for OD_G - OD_B."""
+    from dataclasses import replace
+
+    from slideproc.config import SegmentConfig
+    from slideproc.segment import stain_channels
+
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+    glass = (231.0, 225.0, 240.0)
+    od = np.clip(np.log10((np.array(glass) + 1.0) / (img.astype(np.float64) + 1.0)), 0.0, None)
+    big_mpp = 100.0  # no blur
+    for weights in ((1.0, 0.0, -0.5), (0.0, 1.0, -1.0)):
+        cfg = replace(SegmentConfig(), nuclear_weights=weights)
+        nuc, _ = stain_channels(img, glass, cfg, big_mpp)
+        np.testing.assert_allclose(nuc, od @ np.array(weights), atol=1e-6)
+    default, _ = stain_channels(img, glass, SegmentConfig(), big_mpp)
+    lut = np.clip(np.log10((np.array(glass)[:, None] + 1.0) / (np.arange(256)[None, :] + 1.0)), 0.0, None)
+    lut = lut.astype(np.float32)
+    before = lut[0][img[..., 0]] - 0.5 * lut[2][img[..., 2]]  # the former code, bit for bit
+    assert np.array_equal(default, before)

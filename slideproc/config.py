@@ -89,9 +89,12 @@ class SegmentConfig:
     # Nuclear channel = weights . (OD_R, OD_G, OD_B). OD_R - 0.5 OD_B: nuclei
     # absorb red light, pink red cells hardly (OD_R ~0.05); the OD_B term
     # cancels overlapping red cells, 0.5 keeps violet nuclei (OD_B ~ OD_R).
-    # Films whose red cells stain grey-violet: 0, 1, -1 (OD_G - OD_B; see
-    # segment.stain_channels and configs/blood-grey-red-cells.yaml).
+    # Films whose red cells stain grey-violet: configs/blood-grey-red-cells.yaml
+    # (OD_G - OD_B, with the default as also_weights; segment.stain_channels).
     nuclear_weights: tuple[float, ...] = (1.0, 0.0, -0.5)
+    # A second channel, same form, a nucleus must stand out on as well (empty:
+    # none): the nuclear channel is then the pixelwise minimum of the two.
+    also_weights: tuple[float, ...] = ()
     # Bounds on the per-source Otsu threshold of the nuclear channel.
     # Red cells are <= 0.05 and nuclei 0.15-0.6 whatever the stain: the lower
     # bound stops a nucleus-free tile adapting down to red cells and platelets,
@@ -515,10 +518,13 @@ def _validate(obj: Any, prefix: str) -> None:
                   "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od",
                   "satellite_area_um2", "pale_nucleus_threshold", allow_zero=True)
         _fraction(obj, prefix, "min_refine_fraction")
-        w = obj.nuclear_weights
-        if len(w) != 3 or not all(math.isfinite(v) for v in w) or not any(w):
-            raise ConfigError(f"config key '{prefix}.nuclear_weights' must be 3 finite numbers (weights of "
-                              f"OD_R, OD_G, OD_B), not all 0; got {list(w)!r}")
+        for key in ("nuclear_weights", "also_weights"):
+            w = getattr(obj, key)
+            if key == "also_weights" and not w:
+                continue
+            if len(w) != 3 or not all(math.isfinite(v) for v in w) or not any(w):
+                raise ConfigError(f"config key '{prefix}.{key}' must be 3 finite numbers (weights of "
+                                  f"OD_R, OD_G, OD_B), not all 0; got {list(w)!r}")
         if obj.centroid not in ("cell", "nucleus"):
             raise ConfigError(f"config key '{prefix}.centroid' must be cell or nucleus, got {obj.centroid!r}")
         if obj.nuclear_threshold_min > obj.nuclear_threshold_max:

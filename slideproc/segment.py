@@ -127,23 +127,18 @@ def stain_channels(rgb: np.ndarray, glass, cfg: SegmentConfig, mpp: float) -> tu
     their OD_R. Red cells that stain grey-violet absorb red light too and read
     as high as their nuclei on it; for such films OD_G - OD_B (weights
     0, 1, -1) reads them low: haemoglobin absorbs blue (its Soret band) about
-    as much as green, chromatin green far more (BENCHMARKS.md, TXL-PBC). It
-    reads eosin as high as a nucleus, so it is no channel for H&E.
+    as much as green, chromatin green far more (BENCHMARKS.md, TXL-PBC). Eosin
+    and stacked pink red cells read high on that one, so ``also_weights``
+    names a second channel a nucleus must stand out on too: the nuclear
+    channel is the pixelwise minimum of the two (configs/blood-grey-red-cells.yaml).
     """
     glass = np.asarray(glass, np.float64)
     levels = np.arange(256, dtype=np.float64)
-    w = cfg.nuclear_weights
-    lut = np.clip(np.log10((glass[:, None] + 1.0) / (levels[None, :] + 1.0)), 0.0, None)
-    lut = (lut * np.asarray(w, np.float64)[:, None]).astype(np.float32)
+    od = np.clip(np.log10((glass[:, None] + 1.0) / (levels[None, :] + 1.0)), 0.0, None)
     rgb = np.asarray(rgb, dtype=np.uint8)
-    nuc = None
-    for c in range(3):
-        if w[c] == 0.0:
-            continue
-        if nuc is None:
-            nuc = lut[c][rgb[..., c]]
-        else:
-            nuc += lut[c][rgb[..., c]]
+    nuc = _weighted_od(rgb, od, cfg.nuclear_weights)
+    if cfg.also_weights:
+        np.minimum(nuc, _weighted_od(rgb, od, cfg.also_weights), out=nuc)
     sigma = cfg.smoothing_um / mpp
     if sigma > 0.3:
         nuc = ndimage.gaussian_filter(nuc, sigma, mode="nearest", truncate=3.0)
@@ -152,6 +147,20 @@ def stain_channels(rgb: np.ndarray, glass, cfg: SegmentConfig, mpp: float) -> tu
     cut = np.floor((glass + 1.0) / 10.0 ** cfg.stained_min_od - 1.0)
     stained = (rgb[..., 0] < cut[0]) | (rgb[..., 1] < cut[1]) | (rgb[..., 2] < cut[2])
     return nuc, stained
+
+
+def _weighted_od(rgb: np.ndarray, od: np.ndarray, w) -> np.ndarray:
+    """float32 (h, w) sum of w[c] * OD_c by table look-up (``od``: (3, 256) OD per level)."""
+    lut = (od * np.asarray(w, np.float64)[:, None]).astype(np.float32)
+    out = None
+    for c in range(3):
+        if w[c] == 0.0:
+            continue
+        if out is None:
+            out = lut[c][rgb[..., c]]
+        else:
+            out += lut[c][rgb[..., c]]
+    return out
 
 
 def nuclear_threshold(nuc: np.ndarray, stained: np.ndarray, cfg: SegmentConfig) -> float:

@@ -122,6 +122,7 @@ def test_non_default_values_round_trip():
         ({"segment": {"nuclear_weights": [1.0, -0.5]}}, "segment.nuclear_weights"),
         ({"segment": {"nuclear_weights": [0.0, 0.0, 0.0]}}, "segment.nuclear_weights"),
         ({"segment": {"nuclear_weights": [1.0, "x", 0.0]}}, "segment.nuclear_weights[1]"),
+        ({"segment": {"also_weights": [5.0, 0.0]}}, "segment.also_weights"),
         ({"engine": {"workers": 0}}, "engine.workers"),
         ({"tiling": [1, 2]}, "tiling"),  # a section that is not a mapping
         # overlap >= half a tile: 256 um = 512 px at 0.5 um/px on a 1024 px tile

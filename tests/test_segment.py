@@ -230,8 +230,33 @@ def test_nuclear_channel_is_the_configured_weighted_od():
         cfg = replace(SegmentConfig(), nuclear_weights=weights)
         nuc, _ = stain_channels(img, glass, cfg, big_mpp)
         np.testing.assert_allclose(nuc, od @ np.array(weights), atol=1e-6)
+    # With a second channel the nucleus must also exceed: their pixelwise minimum.
+    cfg = replace(SegmentConfig(), nuclear_weights=(0.0, 1.0, -1.0), also_weights=(5.0, 0.0, -2.5))
+    nuc, _ = stain_channels(img, glass, cfg, big_mpp)
+    np.testing.assert_allclose(nuc, np.minimum(od @ np.array([0.0, 1.0, -1.0]), od @ np.array([5.0, 0.0, -2.5])),
+                               atol=1e-5)
     default, _ = stain_channels(img, glass, SegmentConfig(), big_mpp)
     lut = np.clip(np.log10((np.array(glass)[:, None] + 1.0) / (np.arange(256)[None, :] + 1.0)), 0.0, None)
     lut = lut.astype(np.float32)
     before = lut[0][img[..., 0]] - 0.5 * lut[2][img[..., 2]]  # the former code, bit for bit
     assert np.array_equal(default, before)
+
+
+def test_grey_red_cell_preset_never_takes_stacked_pink_red_cells_for_nuclei():
+    """configs/blood-grey-red-cells.yaml reads nuclei on OD_G - OD_B, on which
+    pink red cells (OD_G > OD_B) read ~0.13 a layer and two or three stacked
+    0.26-0.39: on that channel alone this field of red cells gave 15 "cells".
+    The second channel (OD_R - 0.5 OD_B, on which pink red cells are ~0)
+    keeps them out; the demo field's five cells are still found."""
+    from pathlib import Path
+
+    from slideproc.config import load_run_config
+
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / "blood-grey-red-cells.yaml").segment
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(5, 75, size=(60, 2))
+    plts = [(x, y) for x in (10.0, 30.0, 50.0, 70.0) for y in (12.0, 40.0, 68.0)]
+    assert len(segment_tile(render(80, 80, 0.5, rbcs=map(tuple, pts), platelets=plts), 0.5, cfg)) == 0
+    img, cells = demo_field(0.5)
+    res = segment_tile(img, 0.5, cfg)
+    assert _near(res, 0.5, cells, 2.0) == [1] * len(cells) and len(res) == len(cells)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import contextmanager
 
 from .config import EngineConfig
@@ -29,19 +30,26 @@ def _cores() -> int:
 
 @contextmanager
 def open_client(scheduler: str | None, cfg: EngineConfig, workers: int | None = None):
-    """Yield a ``distributed.Client``; a local cluster started here is closed on exit."""
+    """Yield a ``distributed.Client``; a local cluster started here is closed on exit.
+
+    With ``scheduler``: the address must answer as a Dask scheduler and have a
+    worker within ``cfg.connect_timeout_s`` seconds, else UsageError (exit 2).
+    Nothing is written before this returns, so a wrong address costs nothing.
+    """
     import dask
     from distributed import Client
 
     if scheduler:
+        probe_scheduler(scheduler, cfg.connect_timeout_s)
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=f"{cfg.connect_timeout_s}s")
         except (OSError, TimeoutError) as err:
             raise UsageError(
                 f"cannot reach the Dask scheduler at {scheduler} ({err}); start it with "
                 "`dask scheduler` or leave out --scheduler to run locally"
             ) from None
         try:
+            _wait_for_a_worker(client, scheduler, cfg.connect_timeout_s)
             yield client
         finally:
             client.close()
@@ -55,6 +63,58 @@ def open_client(scheduler: str | None, cfg: EngineConfig, workers: int | None = 
     finally:
         client.close()
         cluster.close()
+
+
+def probe_scheduler(address: str, timeout_s: float) -> dict:
+    """Ask ``address`` who it is, within ``timeout_s`` seconds; its identity, or UsageError.
+
+    distributed's own connect waits for the handshake without a deadline: a
+    port where another server listens (an HTTP server, say) hangs
+    ``Client(address, timeout=...)`` forever. Here the whole exchange (connect,
+    handshake, the ``identity`` request) has one deadline, in a thread of its
+    own so that it works whether or not the caller runs an event loop.
+    """
+    import asyncio
+    import concurrent.futures
+
+    from distributed.comm import connect
+
+    async def ask() -> dict:
+        comm = await connect(address, timeout=timeout_s)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    def run() -> dict:
+        return asyncio.run(asyncio.wait_for(ask(), timeout_s))
+
+    fix = "check the address (`dask scheduler` prints it), or leave out --scheduler to run locally"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            identity = pool.submit(run).result()
+        except (asyncio.TimeoutError, TimeoutError, concurrent.futures.TimeoutError):
+            raise UsageError(f"{address} did not answer as a Dask scheduler within {timeout_s:g} s "
+                             f"(engine.connect_timeout_s); {fix}") from None
+        except (OSError, ValueError, TypeError) as err:
+            text = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UsageError(f"cannot reach the Dask scheduler at {address} ({text}); {fix}") from None
+        except Exception as err:  # noqa: BLE001 - whatever the server said, it is not a scheduler
+            raise UsageError(f"{address} is not a Dask scheduler ({type(err).__name__}); {fix}") from None
+    if not isinstance(identity, dict) or identity.get("type") != "Scheduler":
+        kind = identity.get("type") if isinstance(identity, dict) else type(identity).__name__
+        raise UsageError(f"{address} is not a Dask scheduler (it answered as {kind!r}); {fix}")
+    return identity
+
+
+def _wait_for_a_worker(client, address: str, timeout_s: float) -> None:
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except (TimeoutError, OSError):
+        raise UsageError(f"the Dask scheduler at {address} has no worker (waited {timeout_s:g} s, "
+                         "engine.connect_timeout_s); start workers with workers/start-cpu-worker.sh "
+                         "(workers/README.md)") from None
 
 
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 so that they
@@ -102,3 +162,134 @@ def _accepts_n_workers(client) -> bool:
 
 def has_gpu_workers(client) -> bool:
     return any(res.get(GPU, 0) > 0 for res in worker_summary(client).values())
+
+
+def _worker_check():
+    """The start-up check, as a function that travels by value.
+
+    Defined inside this function so that cloudpickle sends its code, not a
+    reference to ``slideproc.cluster``: a worker that cannot import slideproc
+    still runs it and says why, instead of failing to unpickle it.
+    """
+
+    def check(version: str, model_file: str | None, import_backend: bool = True) -> list[str]:
+        import importlib
+        import os
+
+        problems = []
+        try:
+            mod = importlib.import_module("slideproc")
+        except Exception as err:  # noqa: BLE001 - any import failure is the finding
+            return [f"cannot import slideproc ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"]
+        have = getattr(mod, "__version__", "?")
+        if have != version:
+            problems.append(f"runs slideproc {have}, this run is slideproc {version} (install the same version)")
+        if model_file is not None and import_backend:
+            backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+            try:
+                keras = importlib.import_module("keras")
+                backend = keras.backend.backend()
+            except Exception as err:  # noqa: BLE001
+                text = str(err).splitlines()[0] if str(err) else type(err).__name__
+                problems.append(f"cannot open the Keras backend {backend!r} ({text}); install it there, "
+                                "or start the worker with KERAS_BACKEND naming one that is installed")
+        if model_file is not None:
+            if not os.access(model_file, os.R_OK):
+                problems.append(f"cannot read the model {model_file} (put it on a filesystem every worker mounts)")
+        return problems
+
+    return check
+
+
+def check_workers(client, model_file: str | None, import_backend: bool = True) -> dict:
+    """Before any work is submitted: can every worker run this run? Returns worker_summary(client).
+
+    Each worker must import slideproc, at this version; the workers that will
+    classify (those with the ``GPU`` resource when there are any, else all)
+    must also import Keras with their backend and read ``model_file``. Any
+    failure is a UsageError (exit 2) naming each worker and what it lacks.
+    ``import_backend=False`` (the local cluster: the workers are this process's
+    own environment, checked by :func:`check_backend`) skips the Keras import,
+    which costs 5-35 s per worker on a loaded 2-core machine.
+    """
+    from .errors import UsageError as _Usage
+    from . import __version__
+
+    summary = worker_summary(client)
+    gpu = any(res.get(GPU, 0) > 0 for res in summary.values())
+    classifiers = [a for a, res in summary.items() if not gpu or res.get(GPU, 0) > 0]
+    others = [a for a in summary if a not in classifiers]
+    names = _worker_names(client)
+    check = _worker_check()
+    found: dict = {}
+    for addrs, model in ((classifiers, model_file), (others, None)):
+        if not addrs:
+            continue
+        try:
+            found.update(client.run(check, __version__, model, import_backend, workers=addrs,
+                                    on_error="return"))
+        except (TimeoutError, OSError) as err:
+            raise _Usage(f"the Dask workers did not answer slideproc's start-up check ({err})") from None
+    bad = []
+    for addr in sorted(found):
+        result = found[addr]
+        if isinstance(result, BaseException):
+            text = str(result).splitlines()[0] if str(result) else type(result).__name__
+            result = [f"cannot run slideproc's start-up check ({type(result).__name__}: {text})"]
+        for problem in result or []:
+            bad.append(f"worker {names.get(addr, addr)} ({addr}): {problem}")
+    if bad:
+        raise _Usage("these Dask workers cannot run this run: " + "; ".join(bad)
+                     + " (workers/README.md, 'Start-up check')")
+    return summary
+
+
+def _worker_names(client) -> dict:
+    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+    return {addr: str(w.get("name", addr)) for addr, w in info.get("workers", {}).items()}
+
+
+# Keras 3's backends and the module each needs.
+KERAS_BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy",
+                  "openvino": "openvino"}
+
+
+def keras_backend_name() -> tuple[str, str]:
+    """(backend, where it was set) as Keras will choose it: KERAS_BACKEND, else
+    $KERAS_HOME/keras.json (~/.keras), else tensorflow. Reads no module."""
+    import json
+
+    name = os.environ.get("KERAS_BACKEND")
+    if name:
+        return name, "KERAS_BACKEND"
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    path = os.path.join(home, "keras.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            name = json.load(fh).get("backend")
+        if name:
+            return str(name), path
+    except (OSError, ValueError, AttributeError):
+        pass
+    return "tensorflow", "the default"
+
+
+def check_backend() -> str:
+    """UsageError (exit 2) unless Keras and the backend it will use are installed here.
+
+    Looks modules up without importing them (importing TensorFlow costs seconds):
+    a backend that is not installed is a set-up error, said once, before any
+    work, not once per sample from the workers.
+    """
+    import importlib.util
+
+    name, where = keras_backend_name()
+    if name not in KERAS_BACKENDS:
+        raise UsageError(f"{where} names the Keras backend {name!r}, which Keras does not have; use one of "
+                         f"{', '.join(KERAS_BACKENDS)} (README.md, GPU machines)")
+    for module in ("keras", KERAS_BACKENDS[name]):
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"the Keras backend {name!r} ({where}) needs the Python package {module!r}, which is "
+                             f"not installed in {sys.prefix}; install it, or set KERAS_BACKEND to an installed "
+                             "backend (tensorflow is the default)")
+    return name

@@ -189,6 +189,12 @@ class EngineConfig:
     # Times a task is retried when its worker dies.
     retries: int = 3
     memory_limit: str = "auto"
+    # Seconds to reach a --scheduler and hear it answer as a Dask scheduler,
+    # and to wait for its first worker; past this the run stops with exit 2.
+    connect_timeout_s: float = 30.0
+    # Seconds a run waits with no worker at all before it fails the samples it
+    # has not finished (a nanny restarts a killed worker in a few seconds).
+    no_worker_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -550,6 +556,7 @@ def _validate(obj: Any, prefix: str) -> None:
     elif isinstance(obj, EngineConfig):
         _positive(obj, prefix, "workers", "threads_per_worker", "tiles_in_flight_per_worker", "fields_per_task")
         _positive(obj, prefix, "retries", allow_zero=True)
+        _positive(obj, prefix, "connect_timeout_s", "no_worker_timeout_s")
     elif isinstance(obj, ReportConfig):
         _positive(obj, prefix, "min_cells", "gallery_per_class", allow_zero=True)
         _positive(obj, prefix, "me_ratio_low", "me_ratio_high", allow_zero=True)
@@ -617,6 +624,42 @@ def _validate(obj: Any, prefix: str) -> None:
                 f"{obj.source.working_mpp_um} um/px) must be less than half of 'tiling.tile_size_px' "
                 f"({obj.tiling.tile_size_px} px)"
             )
+
+
+def check_report_classes(report: ReportConfig, labels, model: str = "the model") -> list[str]:
+    """Refuse report keys that name classes ``labels`` lacks; returns notes for the defaults.
+
+    A key the user changed from its default must name only the model's classes
+    (a typo would blank the blast percent or count non-cells as nucleated):
+    ConfigError naming the key. The defaults describe the 21 Matek classes; a
+    model trained on fewer simply lacks some of them, which is no error (the
+    note returned says when the blast class itself is missing).
+    """
+    have = [str(x) for x in labels]
+    known = set(have)
+    default = ReportConfig()
+
+    def refuse(key: str, missing) -> None:
+        raise ConfigError(
+            f"config key 'report.{key}' names {', '.join(repr(m) for m in missing)}, which {model} does not "
+            f"classify (its classes: {', '.join(have)}); use the model's class names"
+        )
+
+    for key in ("non_cell_classes", "myeloid_classes", "erythroid_classes"):
+        value = getattr(report, key)
+        missing = [c for c in value if c not in known]
+        if missing and tuple(value) != tuple(getattr(default, key)):
+            refuse(key, missing)
+    if report.blast_class not in known and report.blast_class != default.blast_class:
+        refuse("blast_class", [report.blast_class])
+    for i, r in enumerate(report.reference_ranges):
+        missing = [c for c in r.classes if c not in known]
+        if missing and r not in default.reference_ranges:
+            refuse(f"reference_ranges[{i}].classes", missing)
+    notes = []
+    if report.blast_class not in known:
+        notes.append(f"{model} has no class {report.blast_class!r} (report.blast_class): the blast percent stays empty")
+    return notes
 
 
 def _read_yaml(path: Path) -> Any:

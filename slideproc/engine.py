@@ -54,6 +54,9 @@ class ModelInfo:
     labels: tuple[str, ...]
     sha256: str
     input_size_px: int
+    # sha256 of labels.json (label order, calibration temperature): part of
+    # what a stored sample was made with (resume.py).
+    labels_sha256: str | None = None
 
 
 @dataclass
@@ -69,6 +72,10 @@ class SampleResult:
     crop_bytes: int = 0
     # Unreadable images left out of an image-folder sample: {"source", "path", "error"}.
     skipped_sources: list[dict] = field(default_factory=list)
+    # The run that made the stored results (runner: run_id, when, how long, cells, model, config).
+    made_by: dict = field(default_factory=dict)
+    # Why a complete sample was made again (resume.py), e.g. ["file(s) added: b.jpg"].
+    redone_because: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,8 +115,16 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
     from .errors import ModelError
 
     model_dir = Path(model_dir)
+    if model_dir.is_file():
+        # `--model MODEL_DIR/model.keras`: the folder holds what goes with it (labels.json, model.sha256).
+        if model_dir.name != MODEL_FILE:
+            raise ModelError(f"--model {model_dir} is a file; give the folder that holds {MODEL_FILE} and "
+                             f"{LABELS_FILE} (written by slideproc train)")
+        log.info("--model %s: using its folder %s", model_dir, model_dir.parent)
+        model_dir = model_dir.parent
     if not model_dir.is_dir():
-        raise ModelError(f"model directory not found: {model_dir}; train one with `slideproc train`")
+        raise ModelError(f"model directory not found: {model_dir}; give the folder that holds {MODEL_FILE} "
+                         "(written by `slideproc train`), or train one")
     if not (model_dir / MODEL_FILE).is_file():
         raise ModelError(f"{model_dir / MODEL_FILE} is missing; point --model at a directory written by slideproc train")
     info = _read_labels(model_dir)
@@ -127,7 +142,11 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
     if in_px is not None and in_px != size:
         raise ModelError(f"{model_dir / LABELS_FILE} says input_size_px {size} but {model_dir / MODEL_FILE} "
                          f"takes {in_px} px inputs; use the labels.json written with this model")
-    return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), _expected_digest(model_dir), size)
+    import hashlib
+
+    labels_sha = hashlib.sha256((model_dir / LABELS_FILE).read_bytes()).hexdigest()
+    return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), _expected_digest(model_dir), size,
+                     labels_sha256=labels_sha)
 
 
 def _archive_shape(model_file: Path) -> tuple[int | None, int | None]:
@@ -199,7 +218,7 @@ class Engine:
     """One run over an archive. ``run()`` returns the per-sample results."""
 
     def __init__(self, samples: list[SampleSpec], cfg: RunConfig, client, model: ModelInfo | None,
-                 on_sample_done, save_crops: bool = False, progress: bool = True):
+                 on_sample_done, save_crops: bool = False, progress: bool = True, local: bool = True):
         self.samples = samples
         self.cfg = cfg
         self.client = client
@@ -213,6 +232,7 @@ class Engine:
         self.gpu = model is not None and has_gpu_workers(client)
         self.chunk = cfg.classify.batch_size * BATCHES_PER_TASK
         self.results: dict[str, SampleResult] = {}
+        self.memory_fix = _memory_fix(client, cfg, local)
 
     # -- submission ------------------------------------------------------
     def _submit(self, state: _Sample, kind: str, fn, *args, resources=None, **extra):
@@ -247,7 +267,11 @@ class Engine:
             for i, ref in enumerate(spec.sources):
                 self._submit(state, "plan", plan_task, ref, self.cfg, source=i)
         self._fill()
-        for fut in self.ac:
+        watch = _WorkerWatch(self.client, self.cfg.engine.no_worker_timeout_s)
+        while True:
+            fut = self._next(watch)
+            if fut is None:
+                break
             entry = self.meta.pop(fut.key, None)
             if entry is None:
                 # A future of a sample that has failed meanwhile (_fail dropped its
@@ -265,7 +289,7 @@ class Engine:
                     value = fut.result()
                 except Exception as err:  # noqa: BLE001 - any task error fails the sample only
                     if not (kind == "plan" and self._skip_source(state, err, **extra)):
-                        self._fail(state, kind, err)
+                        self._fail(state, kind, err, doing=self._doing(state, kind, extra))
                 else:
                     try:
                         getattr(self, f"_on_{kind}")(state, value, **extra)
@@ -275,12 +299,50 @@ class Engine:
                         self._fail(state, stage, err)
             self._fill()
         self.progress.close()
+        if watch.reason:
+            for state in states:
+                if state.spec.sample_id not in self.results:
+                    self._fail(state, "engine", SlideprocError(watch.reason))
         for state in states:
             # A safety net: a sample the loop above left unfinished is a failure
             # to report, never a silent gap in the outputs.
             if state.spec.sample_id not in self.results:
                 self._fail(state, "engine", RuntimeError("the engine stopped before this sample finished; re-run"))
         return self.results
+
+    def _next(self, watch: "_WorkerWatch"):
+        """The next finished future; None when none is left, or when the cluster
+        has had no worker for ``engine.no_worker_timeout_s`` (``watch.reason``
+        then says so): Dask itself would wait for a worker forever."""
+        while not self.ac.has_ready():
+            if self.ac.is_empty() or watch.lost():
+                return None
+            # as_completed's own wait (its __next__ polls the same way, every 100 ms).
+            cond = getattr(self.ac, "thread_condition", None)
+            if cond is None:
+                time.sleep(0.05)
+                continue
+            with cond:
+                cond.wait(timeout=0.1)
+        return next(self.ac)
+
+    def _doing(self, state: _Sample, kind: str, extra: dict) -> str:
+        """What a task of ``kind`` was doing, in words, for a failure message."""
+        refs = state.spec.sources
+        if kind == "plan":
+            return f"opening {refs[extra['source']].path}"
+        if kind == "tile":
+            return f"reading {refs[extra['source']].path} (tile {extra['tile']})"
+        if kind == "group":
+            start = extra["start"]
+            stop = state.group_stop.get(extra["group"], start + 1)
+            more = f" and {stop - start - 1} more image(s)" if stop - start > 1 else ""
+            return f"reading {refs[start].path}{more}"
+        if kind == "crop":
+            return f"cutting cell crops (batch {extra.get('batch')})"
+        if kind == "classify":
+            return f"classifying a batch of cells (batch {extra.get('batch')})"
+        return kind
 
     def _fill(self) -> None:
         """Submit queued tiles up to the in-flight limits (back-pressure)."""
@@ -491,13 +553,18 @@ class Engine:
             skipped_sources=list(state.skipped))
         log.info("%s: %d cells in %.1f s", state.spec.sample_id, len(cells), time.time() - state.started)
 
-    def _fail(self, state: _Sample, stage: str, err: BaseException) -> None:
+    def _fail(self, state: _Sample, stage: str, err: BaseException, doing: str = "") -> None:
         if state.failed is not None:
             return
         if stage == "group":  # a field group opens and detects its images
             stage = "open" if isinstance(err, SourceError) else "detect"
         stage = {"plan": "open", "tile": "detect"}.get(stage, stage)
-        message = one_line(err)
+        if type(err).__name__ == "KilledWorker":
+            tries = getattr(err, "allowed_failures", self.cfg.engine.retries) + 1
+            message = (f"the Dask worker {doing or 'running it'} died ({tries} worker(s) in a row, most "
+                       f"often out of memory); {self.memory_fix}, then run again (the worker logs say more)")
+        else:
+            message = one_line(err)
         state.failed = (stage, message)
         for fut in list(state.futures):
             fut.cancel()
@@ -527,3 +594,55 @@ def one_line(err: BaseException) -> str:
         return "the worker running it died repeatedly (out of memory?); see the Dask worker logs"
     text = str(err).strip().splitlines()
     return f"{name}: {text[0]}" if text else name
+
+
+def _memory_fix(client, cfg: RunConfig, local: bool) -> str:
+    """What to raise when workers die: the setting, with the memory they have now."""
+    try:
+        info = client.scheduler_info()
+        limits = [w.get("memory_limit") for w in info.get("workers", {}).values() if w.get("memory_limit")]
+    except Exception:  # noqa: BLE001 - the advice is still right without the figure
+        limits = []
+    now = f"{min(limits) / 2**30:.1f} GiB per worker" if limits else "unknown"
+    if local:
+        return (f"raise engine.memory_limit (now {cfg.engine.memory_limit}: {now}) or lower "
+                "engine.tiles_in_flight_per_worker / engine.workers")
+    return f"start the workers with a larger --memory-limit (now {now}) or fewer per node"
+
+
+class _WorkerWatch:
+    """Says when the cluster has had no worker for ``timeout_s`` seconds.
+
+    Dask keeps tasks waiting for a worker for ever (the scheduler only logs
+    "Lost all workers"); an overnight run must end instead, naming why. The
+    scheduler is asked at most every 2 s.
+    """
+
+    def __init__(self, client, timeout_s: float):
+        self.client = client
+        self.timeout_s = timeout_s
+        self.since: float | None = None
+        self.checked = 0.0
+        self.reason = ""
+
+    def lost(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < 2.0:
+            return bool(self.reason)
+        self.checked = now
+        try:
+            n = len(worker_summary(self.client))
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer has no worker for us either
+            n = 0
+        if n:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+            log.warning("no Dask worker left; waiting up to %.0f s (engine.no_worker_timeout_s) for one",
+                        self.timeout_s)
+        if now - self.since >= self.timeout_s:
+            self.reason = (f"no Dask worker was left for {self.timeout_s:g} s (engine.no_worker_timeout_s), so "
+                           "this sample could not finish; see the workers' logs (a worker that cannot import "
+                           "slideproc, or runs out of memory, dies on its first task), then run again")
+        return bool(self.reason)

@@ -51,8 +51,10 @@ def synthesize(archive: Path, seed: int) -> None:
 
 def compare_with_truth(truth_csv: Path, results: Path, non_cell: tuple[str, ...]) -> pd.DataFrame:
     """Per sample and class: truth % and measured % of nucleated cells, and the difference."""
-    truth = pd.read_csv(truth_csv)
-    hist = pd.read_csv(results / "histograms.csv").set_index("sample_id")
+    from .store.tables import read_table
+
+    truth = read_table(truth_csv)
+    hist = read_table(results / "histograms.csv").set_index("sample_id")
     classes = [c for c in hist.columns if c != "n_cells"]
     rows = []
     for sample_id, group in truth.groupby("sample_id"):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .store.tables import read_table
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def read_detections(out_dir: str | Path) -> pd.DataFrame:
         raise InputError(f"{out_dir}: no cells/<sample_id>.csv found; run `slideproc detect ... --out {out_dir}` first")
     frames = []
     for f in files:
-        df = pd.read_csv(f, dtype={"sample_id": str, "source": str})
+        df = read_table(f)
         if "sample_id" not in df.columns:
             df["sample_id"] = f.stem
         frames.append(df)
@@ -150,7 +151,7 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: truth file not found; give the truth.csv that `slideproc synth` wrote")
-    df = pd.read_csv(path, dtype={"sample_id": str, "source": str})
+    df = read_table(path)
     missing = {"sample_id", "source", "x", "y"} - set(df.columns)
     if missing:
         raise InputError(f"{path}: needs columns sample_id,source,x,y; missing {', '.join(sorted(missing))}")
@@ -162,7 +163,7 @@ def _manifest_mpp(base: Path) -> dict[str, float]:
     path = base / "manifest.csv"
     if not path.is_file():
         return {}
-    df = pd.read_csv(path, dtype={"sample_id": str})
+    df = read_table(path)
     if "mpp" not in df.columns:
         return {}
     return {str(k): float(v) for k, v in zip(df["sample_id"], df["mpp"]) if pd.notna(v) and v > 0}

@@ -18,6 +18,7 @@ Public API::
     write_run_json(out_dir, info) -> Path
     remove_sample_files(out_dir, sample_id) -> None      # cells CSV + GeoJSON (--no-resume)
     rebuild_tables(out_dir, *, errors=None, run_info=None) -> list[str]
+    read_table(path) -> DataFrame                        # any of these CSVs, ids kept as text
 
 The engine calls ``write_sample_csv`` right after ``zarr_store.write_sample``
 and ``rebuild_tables`` (then ``report.write_report``) at the end of the run.
@@ -49,6 +50,24 @@ _CSV_DTYPES = {
     "x0": np.int64, "y0": np.int64, "x1": np.int64, "y1": np.int64,
     "area_um2": np.float32, "confidence": np.float32,
 }
+
+
+# Columns that hold names, never numbers: pandas' defaults would read the
+# sample ids 001, 1e5, True and NA as 1, 100000.0, a boolean and a missing value.
+TEXT_COLUMNS = ("sample_id", "source", "path", "class", "stage", "error")
+
+
+def read_table(path: str | os.PathLike):
+    """Read a CSV slideproc wrote (cells, histograms, differential, errors, truth, manifests).
+
+    Name columns (TEXT_COLUMNS) stay text exactly as written; only an empty
+    field is missing (NaN): "NA", "null" or "nan" as a sample id is a name.
+    The pandas equivalent: ``pd.read_csv(path, dtype={"sample_id": str},
+    keep_default_na=False, na_values=[""])``.
+    """
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
 
 
 def _to_csv(df) -> str:

@@ -24,6 +24,7 @@ Public API (the engine's contract)::
     read_sample(out_dir, sample_id) -> (cells DataFrame, probabilities (N, C) float16, attrs)
     read_crops(out_dir, sample_id) -> uint8 (N, H, W, 3) | None
     completed_samples(out_dir) -> set[str]
+    completed_sample_attrs(out_dir) -> {sample_id: attrs}
     remove_sample(out_dir, sample_id) -> None
     read_root_attrs(out_dir) -> dict
     clean_stale(out_dir) -> list[Path]
@@ -68,7 +69,8 @@ CELL_CHUNK = 65_536
 # Crops are big (a 299 px crop is 268 kB); 64 per chunk keeps chunks ~17 MB.
 CROP_CHUNK = 64
 _TMP_MARK = ".tmp-"
-_OLD_MARK = ".old-"
+_OLD_MARK = ".old-"  # a sample moved aside while its replacement is renamed in
+_DEL_MARK = ".del-"  # a sample being deleted (remove_sample)
 _FIX = "free disk space or fix the permissions of the output folder, then run again (complete samples are kept)"
 
 
@@ -154,7 +156,19 @@ def clean_stale(out_dir: str | os.PathLike) -> list[Path]:
     if not samples.is_dir():
         return removed
     for entry in sorted(samples.iterdir()):
-        if entry.name.startswith(".") and (_TMP_MARK in entry.name or _OLD_MARK in entry.name):
+        if not entry.name.startswith("."):
+            continue
+        if _OLD_MARK in entry.name:
+            # A sample moved aside by a commit that died before its replacement
+            # was renamed in: it is still the sample's only complete version.
+            final = samples / entry.name[1:].split(_OLD_MARK)[0]
+            if not final.exists():
+                try:
+                    os.rename(entry, final)
+                    continue
+                except OSError:
+                    pass
+        if _TMP_MARK in entry.name or _OLD_MARK in entry.name or _DEL_MARK in entry.name:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
@@ -435,8 +449,13 @@ def read_crops(out_dir: str | os.PathLike, sample_id: str, index=None) -> np.nda
 
 def completed_samples(out_dir: str | os.PathLike) -> set[str]:
     """Ids of samples whose group is in place with status "complete"."""
+    return set(completed_sample_attrs(out_dir))
+
+
+def completed_sample_attrs(out_dir: str | os.PathLike) -> dict[str, dict]:
+    """{sample_id: attributes} of the complete samples (reads each group's zarr.json only)."""
     samples = _samples_dir(out_dir)
-    done = set()
+    done = {}
     if not samples.is_dir():
         return done
     for entry in samples.iterdir():
@@ -447,8 +466,9 @@ def completed_samples(out_dir: str | os.PathLike) -> set[str]:
             doc = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if (doc.get("attributes") or {}).get("status") == COMPLETE:
-            done.add(entry.name)
+        attrs = doc.get("attributes") or {}
+        if attrs.get("status") == COMPLETE:
+            done[entry.name] = attrs
     return done
 
 
@@ -458,7 +478,7 @@ def remove_sample(out_dir: str | os.PathLike, sample_id: str) -> None:
     final = _samples_dir(out_dir) / sample_id
     if not final.exists():
         return
-    old = final.with_name(f".{sample_id}{_OLD_MARK}{uuid.uuid4().hex}")
+    old = final.with_name(f".{sample_id}{_DEL_MARK}{uuid.uuid4().hex}")
     try:
         os.rename(final, old)
     except OSError as err:

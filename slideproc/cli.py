@@ -162,13 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="detect and classify every cell of an archive on Dask")
     s.add_argument("inputs", nargs="+", type=Path)
-    s.add_argument("--model", type=Path, required=True)
+    s.add_argument("--model", type=Path, required=True,
+                   help="MODEL_DIR written by slideproc train (or its model.keras)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--config", type=Path, default=None)
     s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
     s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
     s.add_argument("--workers", type=_positive_int, default=None)
-    s.add_argument("--no-resume", action="store_true", help="redo samples already complete")
+    s.add_argument("--no-resume", action="store_true",
+                   help="redo this run's samples even where complete and unchanged (other samples in OUT_DIR "
+                        "are kept; each is replaced once its new results are complete)")
     s.add_argument("--save-crops", action="store_true", help="store every cell crop, as the classifier saw it, in results.zarr")
     s.set_defaults(func=_cmd_run)
 
@@ -286,6 +289,9 @@ def _cmd_train(args) -> int:
         "training.min_per_class": args.min_per_class,
         "training.seed": args.seed,
     })
+    from .cluster import check_backend
+
+    check_backend()  # a backend that is not installed: one line, exit 2
     from .backend_noise import import_keras
 
     import_keras()  # TensorFlow/Keras load here, not at start-up, without their import noise
@@ -300,7 +306,9 @@ def _cmd_evaluate(args) -> int:
 
     views = args.tta_views if args.tta_views is not None else load_run_config(args.config).classify.tta_views
     from .backend_noise import import_keras
+    from .cluster import check_backend
 
+    check_backend()
     import_keras()  # TensorFlow/Keras load here, not at start-up, without their import noise
     from .evaluate import evaluate
 
@@ -331,7 +339,19 @@ def _cmd_report(args) -> int:
         )
     # Without --config the report uses the settings stored with the run.
     config = load_run_config(args.config) if args.config is not None else None
-    index = write_report(args.out_dir, config)
+    if config is not None:
+        from .config import check_report_classes
+        from .store.zarr_store import read_root_attrs
+
+        labels = read_root_attrs(args.out_dir).get("class_names") or []
+        for note in check_report_classes(config.report, labels, f"the model of {store}"):
+            log.warning("%s", note)
+    from .outlock import exclusive_out_dir
+
+    # The same lock as run/detect: a report never writes (or cleans temporaries)
+    # beside a run that is writing into the same folder.
+    with exclusive_out_dir(Path(args.out_dir)):
+        index = write_report(args.out_dir, config)
     print(f"report: {index}")
     return 0
 

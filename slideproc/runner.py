@@ -60,16 +60,78 @@ def _source_table(cells: pd.DataFrame) -> pd.DataFrame:
     return cells.drop(columns=["_source_index"], errors="ignore").reset_index(drop=True)
 
 
+def _check_inputs(inputs) -> None:
+    """A command-line INPUT that does not exist is a typo: exit 2 before anything is written."""
+    from .errors import UsageError
+
+    for path in inputs:
+        if not os.path.lexists(path):
+            raise UsageError(f"input {path} not found; check the path (nothing was written)")
+
+
+def _provenance(attrs: dict) -> dict:
+    """The record of the run that made a stored sample: when, with what, how long, how many cells."""
+    made = attrs.get("made_from") or {}
+    keys = ("run_id", "started", "finished", "seconds", "n_cells", "slideproc_version", "model_sha256",
+            "config_sha256")
+    out = {k: attrs.get(k, made.get(k)) for k in keys}
+    out["files"] = made.get("files")
+    out["mpp"] = attrs.get("mpp")
+    return out
+
+
+def _run_summary(info: dict) -> dict:
+    counts: dict = {}
+    for sample in (info.get("samples") or {}).values():
+        status = sample.get("status", "?") if isinstance(sample, dict) else "?"
+        counts[status] = counts.get(status, 0) + 1
+    model = info.get("model") or {}
+    return {"run_id": info.get("run_id"), "command": info.get("command"), "started": info.get("started"),
+            "finished": info.get("finished"), "seconds": info.get("seconds"), "inputs": info.get("inputs"),
+            "model_sha256": model.get("sha256") if isinstance(model, dict) else None, "samples": counts}
+
+
+def _earlier_runs(out_dir: Path) -> list:
+    """The run history kept in OUT_DIR/run.json (empty when there is none or it is unreadable)."""
+    import json
+
+    from .store.tables import RUN_JSON
+
+    try:
+        old = json.loads((out_dir / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    runs = old.get("runs")
+    if isinstance(runs, list) and runs:
+        return runs
+    return [_run_summary(old)] if old.get("run_id") else []
+
+
 def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *, scheduler=None,
                 workers=None, resume: bool = True, save_crops: bool = False, progress: bool = True) -> int:
-    """Run (model_dir given) or detect (None) over ``inputs``; returns the exit status."""
-    from .cluster import open_client
+    """Run (model_dir given) or detect (None) over ``inputs``; returns the exit status.
+
+    Order matters for "bad usage writes nothing": inputs, manifests, the model,
+    its backend, the config's class names, the lock (checked, not taken) and
+    the store's model/settings are all checked before the cluster is started or
+    reached (with its own deadline, and a start-up check of every worker);
+    only then are OUT_DIR, the lock and results.zarr created.
+    """
+    from contextlib import ExitStack
+
+    from . import resume as resuming
+    from .cluster import check_backend, check_workers, open_client
+    from .config import check_report_classes
     from .engine import Engine, SampleResult, read_model_info
+    from .outlock import check_free
     from .store import tables
 
     from .plan import log_plan, plan_inputs, plan_record
 
     out_dir = Path(out_dir)
+    _check_inputs(inputs)
     # Discovery and each source's resolution from headers (no pixels): bad
     # manifests / id collisions are a UsageError before anything is written;
     # files left out and mpp overrides are logged here and kept for run.json.
@@ -77,39 +139,68 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
     found = plan.discovery
     log_plan(plan)
     model = read_model_info(model_dir) if model_dir is not None else None
+    if model is not None:
+        check_backend()
+        for note in check_report_classes(cfg.report, model.labels, f"the model in {model.path}"):
+            log.warning("%s", note)
+    check_free(out_dir)
+    config = to_dict(cfg)
+    work = resuming.plan(out_dir, found.samples, config, model, resume, plan)
     run_id = uuid.uuid4().hex[:12]
     started = _now()
     t0 = time.perf_counter()
-    with exclusive_out_dir(out_dir):
+    results: dict = {}
+    dashboard = None
+    workers_seen: dict = {}
+    with ExitStack() as stack:
+        client = None
+
+        def connect():
+            nonlocal client, dashboard, workers_seen
+            client = stack.enter_context(open_client(scheduler, cfg.engine, workers))
+            workers_seen = check_workers(client, str(Path(model.path) / "model.keras") if model else None,
+                                         import_backend=bool(scheduler))
+            dashboard = client.dashboard_link
+            log.info("Dask dashboard: %s", dashboard)
+            if progress:
+                print(f"slideproc: Dask dashboard at {dashboard}", flush=True)
+
+        if work.todo:
+            connect()  # before OUT_DIR exists: a wrong --scheduler or a bad worker writes nothing
+        stack.enter_context(exclusive_out_dir(out_dir))
+        # Under the lock, the store as it is now (another run may have finished meanwhile).
+        work = resuming.plan(out_dir, found.samples, config, model, resume, plan)
+        stored = {}
         if model is not None:
             from .store import zarr_store
 
-            if not resume:
-                for sample_id in sorted(zarr_store.completed_samples(out_dir)):
-                    zarr_store.remove_sample(out_dir, sample_id)
-                    tables.remove_sample_files(out_dir, sample_id)
+            stored = zarr_store.completed_sample_attrs(out_dir)
             zarr_store.init_store(out_dir, class_names=list(model.labels), run_id=run_id,
-                                  model_sha256=model.sha256, config=to_dict(cfg))
-            done = zarr_store.completed_samples(out_dir)
-        else:
-            done = set()
-        todo = [s for s in found.samples if s.sample_id not in done]
-        skipped = [s for s in found.samples if s.sample_id in done]
-        if skipped:
-            log.info("resuming: %d sample(s) already complete in %s are skipped", len(skipped), out_dir)
+                                  model_sha256=model.sha256, config=config,
+                                  extra_attrs={"model_path": model.path, "labels_sha256": model.labels_sha256,
+                                               "config_sha256": resuming.config_digest(config)})
+        resuming.say(work, out_dir)
 
         def on_sample_done(spec, cells, probs, crops, state):
             table = _source_table(cells)
+            mpp = [state.geos[i].mpp0 if i in state.geos else None for i in range(len(spec.sources))]
+            finished = _now()
             attrs = {
                 "sources": [ref.name for ref in spec.sources],
                 "source_paths": [ref.path for ref in spec.sources],
-                "mpp": [state.geos[i].mpp0 if i in state.geos else None for i in range(len(spec.sources))],
+                "mpp": mpp,
                 # Level-0 (width, height) per source: keeps GeoJSON polygons inside the slide.
                 "source_dimensions": {ref.name: list(state.geos[i].level0_dims)
                                       for i, ref in enumerate(spec.sources) if i in state.geos},
                 "started": datetime.fromtimestamp(state.started, timezone.utc).isoformat(timespec="seconds"),
-                "finished": _now(),
+                "finished": finished,
+                "seconds": round(time.time() - state.started, 3),
                 "run_id": run_id,
+                "slideproc_version": __version__,
+                "model_sha256": model.sha256 if model is not None else None,
+                "config_sha256": resuming.config_digest(config),
+                # What it was made from: a resume reuses it only while these still hold (resume.py).
+                "made_from": work.records.get(spec.sample_id, {}),
                 # Unreadable images left out of this sample (also rows in errors.csv).
                 "skipped_sources": list(state.skipped),
             }
@@ -127,29 +218,37 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
                 # CSV is rebuilt from there at the end of the run (which says it if it fails).
                 log.info("%s: %s", spec.sample_id, err)
 
-        results: dict = {}
-        dashboard = None
-        workers_seen: dict = {}
-        if todo:
-            with open_client(scheduler, cfg.engine, workers) as client:
-                dashboard = client.dashboard_link
-                log.info("Dask dashboard: %s", dashboard)
-                if progress:
-                    print(f"slideproc: Dask dashboard at {dashboard}", flush=True)
-                from .cluster import worker_summary
-
-                workers_seen = worker_summary(client)
-                engine = Engine(todo, cfg, client, model, on_sample_done, save_crops=save_crops, progress=progress)
-                results = engine.run()
-        for spec in skipped:
-            results[spec.sample_id] = SampleResult(spec.sample_id, "skipped", path=spec.origin)
+        if work.todo:
+            if client is None:
+                connect()
+            engine = Engine(work.todo, cfg, client, model, on_sample_done, save_crops=save_crops,
+                            progress=progress, local=not scheduler)
+            results = engine.run()
+        now_stored = zarr_store.completed_sample_attrs(out_dir) if model is not None and results else {}
+        for sid, result in results.items():
+            if sid in work.redo:
+                result.redone_because = list(work.redo[sid])
+            if result.status == "complete" and sid in now_stored:
+                result.made_by = _provenance(now_stored[sid])
+            elif result.status == "failed" and sid in stored:
+                old = stored[sid]
+                result.error += (f" (its earlier results, run {old.get('run_id', '?')} of "
+                                 f"{old.get('finished', '?')}, stay in the store until it completes)")
+                result.made_by = _provenance(old)
+        for spec in work.skipped:
+            kept = work.kept.get(spec.sample_id, {})
+            results[spec.sample_id] = SampleResult(
+                spec.sample_id, "skipped", n_cells=int(kept.get("n_cells") or 0),
+                seconds=float(kept.get("seconds") or 0.0), path=spec.origin,
+                skipped_sources=list(kept.get("skipped_sources") or []), made_by=_provenance(kept))
         for path, reason in found.problems:
             results[f"<{Path(path).name}>"] = SampleResult(Path(path).name or path, "failed", stage="input",
                                                            error=f"{path}: {reason}", path=path)
         failures = [r for r in results.values() if r.status == "failed"]
         # A sample complete without some unreadable images: one row per file left out.
         failures += [SampleResult(r.sample_id, "partial", stage="open", error=s["error"], path=s["path"])
-                     for r in list(results.values()) for s in getattr(r, "skipped_sources", [])]
+                     for r in list(results.values()) if r.status != "skipped"
+                     for s in getattr(r, "skipped_sources", [])]
         # Said before the tables are written: on a full disk they may not be.
         for r in failures:
             print(f"slideproc: error: {r.sample_id}: {r.stage}: {r.error}", file=sys.stderr)
@@ -163,8 +262,10 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             "seconds": round(time.perf_counter() - t0, 3),
             "versions": _versions(),
             "model": None if model is None else {"path": model.path, "sha256": model.sha256,
+                                                 "labels_sha256": model.labels_sha256,
                                                  "labels": list(model.labels), "input_size_px": model.input_size_px},
-            "config": to_dict(cfg),
+            "config": config,
+            "config_sha256": resuming.config_digest(config),
             "inputs": [str(p) for p in inputs],
             "input_files": _input_sizes(found.samples),
             "cluster": {"scheduler": scheduler or "local", "dashboard": dashboard, "workers": workers_seen},
@@ -174,6 +275,9 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             # and where it came from (sources/mpp.py), as planned from headers.
             **plan_record(plan),
         }
+        # Every run into this OUT_DIR, oldest first, this one last; each sample's own
+        # record (made_by) says which of them made it.
+        run_json["runs"] = _earlier_runs(out_dir) + [_run_summary(run_json)]
         if model is not None:
             tables.rebuild_tables(out_dir)
             from .report import write_report

@@ -85,6 +85,19 @@ def test_resume_skips_complete_samples_and_changes_nothing(reference_run, small_
     run = json.loads((out / "run.json").read_text())
     assert all(s["status"] == "skipped" for s in run["samples"].values())
     assert digest_outputs(out) == before
+    # Each sample keeps the provenance of the run that made it (before: "skipped", 0 cells, 0 s).
+    first = json.loads((reference_run / "run.json").read_text())
+    for sid, sample in run["samples"].items():
+        made = first["samples"][sid]
+        assert sample["n_cells"] == made["n_cells"] > 0
+        assert sample["made_by"]["run_id"] == first["run_id"] != run["run_id"]
+        assert sample["made_by"]["n_cells"] == made["n_cells"]
+        assert sample["made_by"]["seconds"] > 0 and sample["made_by"]["finished"] >= sample["made_by"]["started"]
+        assert sample["made_by"]["model_sha256"] == run["model"]["sha256"]
+    # ... and the resumed run is a new entry of the folder's history.
+    assert [r["run_id"] for r in run["runs"]] == [first["run_id"], run["run_id"]]
+    assert run["runs"][-1]["samples"] == {"skipped": 4}
+    assert run["runs"][0]["samples"] == {"complete": 4}
 
 
 def test_bad_sample_fails_alone(real_slides, small_archive, tiny_model, tmp_path, capsys):

@@ -195,6 +195,40 @@ def test_killed_mid_sample_is_not_complete_and_is_cleaned(tmp_path):
     assert entries(tmp_path) == []
 
 
+def test_sample_moved_aside_by_a_dead_commit_is_restored(tmp_path):
+    """A redo killed between the commit's two renames (S1 moved aside, the new one not yet
+    renamed in): the next run puts the old S1 back instead of deleting it as a temporary."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(REPO)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_store import make_sample, CLASSES
+        from slideproc.store import zarr_store
+        zarr_store.init_store({str(tmp_path)!r}, class_names=CLASSES, run_id="r")
+        cells, ci, conf, prob = make_sample(30, seed=1)
+        zarr_store.write_sample({str(tmp_path)!r}, "S1", cells, ci, conf, prob, CLASSES, {{"mpp": 0.25}})
+        real_rename = os.rename
+        calls = []
+        def rename(src, dst):
+            calls.append(src)
+            if len(calls) == 2:  # the old sample is aside; die before the new one is renamed in
+                os._exit(9)
+            return real_rename(src, dst)
+        os.rename = rename
+        cells, ci, conf, prob = make_sample(7, seed=2)
+        zarr_store.write_sample({str(tmp_path)!r}, "S1", cells, ci, conf, prob, CLASSES, {{"mpp": 0.25}})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    assert zarr_store.completed_samples(tmp_path) == set()
+    assert sorted(e.split("-")[0] for e in entries(tmp_path)) == [".S1.old", ".S1.tmp"]
+    zarr_store.init_store(tmp_path, class_names=CLASSES, run_id="r2")  # the next run
+    assert entries(tmp_path) == ["S1"]
+    assert zarr_store.read_sample(tmp_path, "S1")[2]["n_cells"] == 30
+
+
 def test_incomplete_status_is_not_complete(out):
     write(out, "S1", 5)
     meta = out / "results.zarr" / "samples" / "S1" / "zarr.json"

@@ -54,8 +54,8 @@ class ModelInfo:
     labels: tuple[str, ...]
     sha256: str
     input_size_px: int
-    # sha256 of labels.json (label order, calibration temperature): part of
-    # what a stored sample was made with (resume.py).
+    # sha256 of labels.json (label order, temperature) and calibration.json: part
+    # of what a stored sample was made with (resume.py).
     labels_sha256: str | None = None
 
 
@@ -144,7 +144,12 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
                          f"takes {in_px} px inputs; use the labels.json written with this model")
     import hashlib
 
-    labels_sha = hashlib.sha256((model_dir / LABELS_FILE).read_bytes()).hexdigest()
+    # labels.json and calibration.json (when the model has one) turn the same
+    # weights into other probabilities: one digest over both.
+    side = hashlib.sha256((model_dir / LABELS_FILE).read_bytes())
+    if (model_dir / "calibration.json").is_file():
+        side.update(b"\0" + (model_dir / "calibration.json").read_bytes())
+    labels_sha = side.hexdigest()
     return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), _expected_digest(model_dir), size,
                      labels_sha256=labels_sha)
 

@@ -142,7 +142,7 @@ def differences(old: dict | None, new: dict) -> list[str]:
     if old.get("model_sha256") != new["model_sha256"]:
         out.append("another model")
     elif old.get("labels_sha256") not in (None, new.get("labels_sha256")):
-        out.append("another labels.json (labels or calibration)")
+        out.append("another labels.json / calibration.json")
     return out
 
 
@@ -188,7 +188,7 @@ def check_store_matches(out_dir: Path, config: dict, model) -> None:
     old_labels = root.get("labels_sha256")
     if old_labels and getattr(model, "labels_sha256", None) and old_labels != model.labels_sha256:
         raise UsageError(
-            f"{store} holds {len(done)} sample(s) made with another labels.json (labels or calibration) for this "
+            f"{store} holds {len(done)} sample(s) made with another labels.json / calibration.json for this "
             f"model; {fix} with this one"
         )
     old_cfg = root.get("config")

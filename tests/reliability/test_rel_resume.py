@@ -118,15 +118,15 @@ def test_changed_sample_is_redone_saying_what_changed(fields, tiny_model, tmp_pa
     assert second.returncode == 0, second.stderr
     assert_clean_stderr(second.stderr)
     assert "S1: redoing it, its inputs changed since it was made: file(s) added: b.png; " \
-           "source.fallback_mpp_um (--mpp): 0.25 -> 0.3" in second.stderr
+           "mpp of a.png: 0.25 -> 0.3 um/px (user)" in second.stderr
     cells, _p, attrs = zarr_store.read_sample(out, "S1")
     assert attrs["sources"] == ["a.png", "b.png"] and attrs["mpp"] == [0.3, 0.3]
-    assert attrs["made_from"]["source"]["fallback_mpp_um"] == 0.3
+    assert attrs["made_from"]["mpp"] == {"a.png": 0.3, "b.png": 0.3}
     assert [f["name"] for f in attrs["made_from"]["files"]] == ["a.png", "b.png"]
     assert set(cells["source"]) == {"a.png", "b.png"}
-    assert zarr_store.read_root_attrs(out)["config"]["source"]["fallback_mpp_um"] == 0.3
+    assert zarr_store.read_root_attrs(out)["config"]["source"]["mpp_um"] == 0.3
     assert read_run(out)["samples"]["S1"]["redone_because"] == [
-        "file(s) added: b.png", "source.fallback_mpp_um (--mpp): 0.25 -> 0.3"]
+        "file(s) added: b.png", "mpp of a.png: 0.25 -> 0.3 um/px (user)"]
     csv = pd.read_csv(out / "cells" / "S1.csv")
     assert set(csv["source"]) == {"a.png", "b.png"}
     # Unchanged now: reused, and said so without a warning.
@@ -161,6 +161,19 @@ def test_record_differences_name_each_change(fields, tmp_path):
     assert resume.differences(record, resume.input_record(discover([s]).samples[0], config, "m" * 64))[1] == (
         f"a.png changed ({a.stat().st_size} -> {b.stat().st_size} bytes)")
     assert resume.differences(None, record) == ["no record of what it was made from (written by an older slideproc)"]
+    # The resolution, as plan.py resolves it from the headers and --mpp.
+    from slideproc.config import with_overrides
+    from slideproc.plan import plan_inputs
+
+    shutil.copy(a, s / "a.png")
+    recs = []
+    for cfg_mpp in (0.25, 0.3):
+        cfg = with_overrides(RunConfig(), {"source.mpp_um": cfg_mpp})
+        planned = plan_inputs([s], cfg)
+        recs.append(resume.input_record(planned.discovery.samples[0], to_dict(cfg), "m" * 64,
+                                        sample_plan=planned.samples[0]))
+    assert recs[1]["mpp"] == {"a.png": 0.3} and recs[1]["mpp_from"] == {"a.png": "user"}
+    assert resume.differences(recs[0], recs[1]) == ["mpp of a.png: 0.25 -> 0.3 um/px (user)"]
 
 
 def _other_model(tiny_model: Path, dest: Path) -> Path:

@@ -154,18 +154,28 @@ def test_synth_archive_round_trips_through_detect(synth_archive, tmp_path):
 
 
 def test_synth_archive_round_trips_through_run(small_archive, tiny_model, tmp_path):
-    """`run OUT` on synth's archive root: all four samples, each source's mpp in the store."""
+    """`run OUT` on synth's archive root: all four samples, each source's mpp in the
+    store; and a field with no cell completes with 0 cells (it raised
+    "No objects to concatenate")."""
     import zarr
+    from PIL import Image
 
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    Image.fromarray(np.full((300, 300, 3), 240, np.uint8)).save(blank / "glass.png")
+    (blank / "manifest.csv").write_text("sample_id,path,mpp
+blank,glass.png,0.25
+")
     out = tmp_path / "run"
-    assert main(["-q", "run", str(small_archive), "--model", str(tiny_model), "--out", str(out),
+    assert main(["-q", "run", str(small_archive), str(blank), "--model", str(tiny_model), "--out", str(out),
                  "--workers", "1"]) == 0
     samples = zarr.open_group(str(out / "results.zarr"), mode="r")["samples"]
     expected = set(pd.read_csv(small_archive / "samples.csv")["sample_id"])
-    assert {k for k, _ in samples.groups()} == expected and len(expected) == 4
+    assert {k for k, _ in samples.groups()} == expected | {"blank"} and len(expected) == 4
     for sample in expected:
         assert samples[sample].attrs["mpp"] == [0.25] * len(samples[sample].attrs["sources"])
         assert samples[sample].attrs["n_cells"] > 0
+    assert samples["blank"].attrs["status"] == "complete" and samples["blank"].attrs["n_cells"] == 0
 
 
 def test_archive_year_patient_fields(tmp_path, capsys):

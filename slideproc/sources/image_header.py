@@ -57,6 +57,9 @@ class ImageHeader:
     orientation: int = 1
     mpp_xy: tuple[float, float] | None = None
     mpp_detail: str = ""
+    # Which library decodes the pixels: tifffile for TIFFs it parses (16-bit,
+    # planar, many channels), Pillow for everything else.
+    decoder: str = "pillow"
 
     def size(self, page: int | None = None) -> tuple[int, int]:
         return self.page_sizes[self.pages[0] if page is None else page]
@@ -136,7 +139,8 @@ def _tiff_header(path: str) -> ImageHeader:
         mpp_xy, detail = _tiff_resolution(first, tif)
     fields, previews = _previews(stored, reduced)
     return ImageHeader(path, "tiff", tuple(fields), {i: _oriented(s, orientation) for i, s in enumerate(stored)},
-                       tuple(previews), orientation if orientation in range(1, 9) else 1, mpp_xy, detail)
+                       tuple(previews), orientation if orientation in range(1, 9) else 1, mpp_xy, detail,
+                       decoder="tifffile")
 
 
 def _tag(page, name: str, default=None):

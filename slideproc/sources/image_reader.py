@@ -111,7 +111,7 @@ def decode_image(path: str, page: int | None = None, max_pixels: int | None = DE
             raise SourceError(f"{path}: has {len(header.page_sizes)} page(s), asked for page {page + 1}")
         check_pixels(path, header.size(page), max_pixels)
         notes = []
-        if header.format == "tiff":
+        if header.decoder == "tifffile":
             import tifffile
 
             arr = tifffile.imread(path, key=page)

@@ -133,13 +133,18 @@ def synth_archive(tmp_path_factory) -> Path:
     return root
 
 
-def test_synth_archive_round_trips_through_detect(synth_archive, tmp_path):
+def test_synth_archive_round_trips_through_detect(synth_archive, tmp_path, capsys):
     """`detect OUT` finds the two slides AND the two folder samples (two levels
-    down), at the mpp OUT/manifest.csv gives them, and finds their cells."""
+    down), at the mpp OUT/manifest.csv gives them, and finds their cells; a file
+    in no sample is named in the log and in run.json."""
     from slideproc.detection_eval import score_output
 
+    junk = synth_archive / "slides" / "Thumbs.db"
+    junk.write_bytes(b"\x07\x00\x00\x00junk" * 8)
     out = tmp_path / "det"
     assert main(["-q", "detect", str(synth_archive), "--out", str(out), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"left out: {junk}: not a slide or image slideproc can read" in err
     expected = set(pd.read_csv(synth_archive / "samples.csv")["sample_id"])
     assert expected == {"slide_000", "slide_001", "folder_000", "folder_001"}
     assert {p.stem for p in (out / "cells").glob("*.csv")} == expected
@@ -147,7 +152,9 @@ def test_synth_archive_round_trips_through_detect(synth_archive, tmp_path):
     assert {(s, r[0]["mpp"], r[0]["mpp_from"]) for s, r in record["resolution"].items()} == {
         ("slide_000", 0.25, "metadata"), ("slide_001", 0.25, "metadata"),
         ("folder_000", 0.25, "manifest"), ("folder_001", 0.25, "manifest")}
-    assert record["left_out"] == []  # truth.csv, samples.csv: side-cars
+    # truth.csv, samples.csv, manifest.csv: side-cars or read; only the junk file is named
+    assert record["left_out"] == [{"path": str(junk), "reason": "not a slide or image slideproc can read "
+                                   "(OpenSlide, Pillow and tifffile do not recognise it)"}]
     scores = score_output(out, synth_archive / "truth.csv").set_index("sample_id")
     for sample in expected:
         assert scores.loc[sample, "recall"] >= 0.9, scores

@@ -214,11 +214,11 @@ class ArrayReader:
 
 
 # Plain JPEG fields larger than this are read like a slide with levels at 1/2,
-# 1/4 and 1/8, decoded in the JPEG's DCT (no full-size decode): a stitched
-# 90 MP field at 0.09 um/px is detected from its 1/4 level (5.6 MP), 17 MB
-# instead of 270 MB, and 114 s -> ~10 s for detection on one core (the
-# Gaussian resampling of the full image was 85 s of it). Camera frames (5-20
-# MP) stay single-level, so their pixels are exactly as before.
+# 1/4 and 1/8, decoded in the JPEG's DCT (no full-size decode): the 90 MP
+# large-jpeg case at 0.09 um/px is detected from its 1/4 level (5.6 MP) with
+# the same 7 cells, peak RSS 217 MB instead of 1,986 MB, 3-16x faster (two
+# alternating pairs on a loaded 2-core machine; benchmarks/bench_large_field.py).
+# Camera frames (5-20 MP) stay single-level: their pixels are as before.
 LEVELS_FROM_PIXELS = 25_000_000
 _JPEG_SCALES = (1, 2, 4, 8)
 

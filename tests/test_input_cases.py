@@ -170,9 +170,7 @@ def test_synth_archive_round_trips_through_run(small_archive, tiny_model, tmp_pa
     blank = tmp_path / "blank"
     blank.mkdir()
     Image.fromarray(np.full((300, 300, 3), 240, np.uint8)).save(blank / "glass.png")
-    (blank / "manifest.csv").write_text("sample_id,path,mpp
-blank,glass.png,0.25
-")
+    (blank / "manifest.csv").write_text("sample_id,path,mpp\nblank,glass.png,0.25\n")
     out = tmp_path / "run"
     assert main(["-q", "run", str(small_archive), str(blank), "--model", str(tiny_model), "--out", str(out),
                  "--workers", "1"]) == 0

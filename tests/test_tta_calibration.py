@@ -172,3 +172,17 @@ def test_damaged_calibration_record_is_refused_naming_the_file(model_dir, tmp_pa
     err = capsys.readouterr().err
     assert "calibration.json views[4]: vector calibration needs 'scale' and 'bias' of 3 numbers" in err
     assert not (tmp_path / "e").exists()
+
+
+def test_ece_noise_floor_is_what_a_calibrated_model_shows_and_shrinks_with_n():
+    from slideproc.metrics import ece_noise_floor
+
+    rng = np.random.default_rng(7)
+    floors = []
+    for n in (400, 4000):
+        p = rng.dirichlet(np.full(8, 0.4), n)
+        y = np.array([rng.choice(8, p=row) for row in p])  # calibrated by construction
+        floor = ece_noise_floor(p)
+        assert expected_calibration_error(y, p) <= floor["q90"] * 1.5
+        floors.append(floor["mean"])
+    assert floors[1] < floors[0] / 2  # ~1/sqrt(n)

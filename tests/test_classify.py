@@ -174,7 +174,7 @@ import sys, numpy as np, keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
 from slideproc.classify.predict import get_predictor
 crops = np.load(sys.argv[2])
-np.save(sys.argv[3], get_predictor(sys.argv[1], 4).predict(crops))
+np.save(sys.argv[3], np.stack([get_predictor(sys.argv[1], 4, tta_views=v).predict(crops) for v in (1, 4)]))
 """
 
 
@@ -182,13 +182,14 @@ def test_jax_backend_predicts_the_same_classes(model_dir, crops, tmp_path):
     pytest.importorskip("jax", reason="JAX is not installed (pip install 'jax[cpu]', the dev extra has it)")
     from slideproc.classify.predict import get_predictor
 
-    tf_probs = get_predictor(model_dir, 4).predict(crops)
+    # One view and 4 test-time views (turned/mirrored crops, their own calibration).
+    tf_probs = np.stack([get_predictor(model_dir, 4, tta_views=v).predict(crops) for v in (1, 4)])
     np.save(tmp_path / "crops.npy", crops)
     env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run([sys.executable, "-c", _JAX_SCRIPT, str(model_dir), str(tmp_path / "crops.npy"),
                     str(tmp_path / "jax.npy")], check=True, cwd=REPO, env=env, timeout=600)
     jax_probs = np.load(tmp_path / "jax.npy")
-    assert (jax_probs.argmax(1) == tf_probs.argmax(1)).all()
+    assert (jax_probs.argmax(-1) == tf_probs.argmax(-1)).all()
     assert np.allclose(jax_probs, tf_probs, atol=1e-3)
 
 

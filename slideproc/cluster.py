@@ -65,6 +65,32 @@ def open_client(scheduler: str | None, cfg: EngineConfig, workers: int | None = 
         cluster.close()
 
 
+def _refused(address: str, timeout_s: float) -> str | None:
+    """Why a TCP ``address`` refuses connections at once, or None (also for other protocols).
+
+    distributed's connect retries a refused port with back-off until its deadline,
+    so a closed port would read as "did not answer"; one plain socket tells the two apart.
+    """
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return None
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError):
+        return None
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except ConnectionRefusedError as err:
+        return err.strerror or "connection refused"
+    except OSError:
+        return None  # unreachable host, DNS, timeout: distributed's connect says it in its own words
+    return None
+
+
 def probe_scheduler(address: str, timeout_s: float) -> dict:
     """Ask ``address`` who it is, within ``timeout_s`` seconds; its identity, or UsageError.
 
@@ -91,6 +117,9 @@ def probe_scheduler(address: str, timeout_s: float) -> dict:
         return asyncio.run(asyncio.wait_for(ask(), timeout_s))
 
     fix = "check the address (`dask scheduler` prints it), or leave out --scheduler to run locally"
+    refused = _refused(address, timeout_s)
+    if refused:
+        raise UsageError(f"cannot reach the Dask scheduler at {address} ({refused}); {fix}")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
             identity = pool.submit(run).result()

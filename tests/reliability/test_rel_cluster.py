@@ -142,18 +142,21 @@ def test_all_workers_lost_mid_run_fails_the_rest_instead_of_waiting(small_archiv
 
 
 def test_a_task_that_kills_its_worker_names_the_file_and_the_memory_setting(tmp_path):
-    """A 6000 x 6000 field with 700 MB per worker: detection passes the limit, the nanny
-    kills the worker (engine.retries 0: no second try), the sample fails naming what to raise."""
-    import numpy as np
-    from PIL import Image
+    """A 16000 x 16000 PNG field (768 MB decoded; PNG has no tiles, so it is decoded whole)
+    with 700 MB per worker: the nanny kills the worker (engine.retries 0: no second try), and
+    the sample fails naming what to raise. (A 6000 x 6000 field, this test's first version,
+    now fits in 700 MB and no longer kills the worker.)"""
+    from PIL import Image, ImageDraw
 
     folder = tmp_path / "in" / "huge"
     folder.mkdir(parents=True)
-    yy, xx = np.mgrid[:6000, :6000]
-    img = np.full((6000, 6000, 3), 230, np.uint8)
-    img[((yy % 300 - 150) ** 2 + (xx % 300 - 150) ** 2) < 40 ** 2] = (90, 40, 140)
-    Image.fromarray(img).save(folder / "field.png")
-    del yy, xx, img
+    img = Image.new("RGB", (16000, 16000), (230, 230, 230))
+    draw = ImageDraw.Draw(img)
+    for y in range(150, 16000, 600):
+        for x in range(150, 16000, 600):
+            draw.ellipse((x - 40, y - 40, x + 40, y + 40), fill=(90, 40, 140))
+    img.save(folder / "field.png", compress_level=1)
+    del img, draw
     cfg = tmp_path / "mem.yaml"
     cfg.write_text("source:\n  working_mpp_um: 0.25\nengine:\n  memory_limit: 700MB\n  retries: 0\n",
                    encoding="utf-8")

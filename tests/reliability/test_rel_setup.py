@@ -173,6 +173,8 @@ def test_sample_ids_pandas_would_misread_are_kept_as_text(fields, tmp_path):
     assert naive["sample_id"].isna().all()
     # The synthetic truth of these fields, once per awkward id, scored by slideproc's reader.
     truth = read_table(fields.parents[1] / "truth.csv")
+    # ``source`` in the outputs is the manifest's path for a manifest row (README, Inputs).
+    truth["source"] = [str(fields / s) for s in truth["source"]]
     truth = pd.concat([truth.assign(sample_id=sid) for sid in AWKWARD_IDS], ignore_index=True)
     truth.to_csv(tmp_path / "truth.csv", index=False)
     scores = tmp_path / "scores.csv"

@@ -179,6 +179,10 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
                                   model_sha256=model.sha256, config=config,
                                   extra_attrs={"model_path": model.path, "labels_sha256": model.labels_sha256,
                                                "config_sha256": resuming.config_digest(config)})
+            # The model's validation record goes with the results: `report` needs nothing else.
+            from .model_card import read_model_card, store_card
+
+            store_card(out_dir, read_model_card(model_dir))
         resuming.say(work, out_dir)
 
         def on_sample_done(spec, cells, probs, crops, state):

@@ -46,6 +46,7 @@ from .config import TrainConfig, dump_yaml, to_dict
 from .datasets import ImageSet, load_train_val
 from .errors import DataError, TrainingError
 from .metrics import classification_metrics
+from .model_card import write_model_card
 from .pipeline import TrainingBatches, class_weights, iter_crops
 
 log = logging.getLogger("slideproc.train")
@@ -457,6 +458,11 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
 
     plot_reliability(out_dir / "reliability.png", validation["reliability"], validation["ece"],
                      f"{out_dir.name}: validation split (calibrated on it), {t.tta_views} view(s)")
+    # What the adjusted differential needs: validation predictions, priors, confusion matrix.
+    write_model_card(out_dir, val_paths=val_set.paths, val_labels=y_val, calibrated=calibrated,
+                     classes=classes, train_counts=train_set.counts(), balance=t.balance,
+                     loss_weights=batches.weights if t.balance == "class_weight" else None,
+                     calibration=info.get("calibration", ""), tta_views=t.tta_views)
     v = metrics["validation"]
     log.info("validation: top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f (%s); 4 views: balanced "
              "%.3f; wrote %s in %.1f min", v["top1_accuracy"], v["balanced_accuracy"], v["macro_f1"], v["ece"],

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("evaluate", help="score a model on a class-folder data set")
+    s = sub.add_parser("evaluate", help="score a model on a class-folder data set (metrics.json, predictions.csv, "
+                                        "differential.csv with true_percent)")
     s.add_argument("model_dir", type=Path)
     s.add_argument("data_dir", type=Path)
     s.add_argument("--out", type=Path, default=None, help="EVAL_DIR (default MODEL_DIR/eval)")

@@ -227,6 +227,10 @@ DEFAULT_REFERENCE_RANGES = (
 )
 
 
+# quantify.METHODS (kept here so loading a config imports no numerics), or none.
+ADJUSTMENT_CHOICES = ("emq-bcts", "emq", "pacc", "acc", "pcc", "cc", "none")
+
+
 @dataclass(frozen=True)
 class ReportConfig:
     non_cell_classes: tuple[str, ...] = DEFAULT_NON_CELL
@@ -247,6 +251,16 @@ class ReportConfig:
     me_ratio_high: float = 4.0
     # Example crops per class in the report's gallery (when crops were saved).
     gallery_per_class: int = 8
+    # How the adjusted differential estimates class shares from the cells' calibrated
+    # probabilities and the model's validation record (quantify.py), or none (raw only).
+    adjustment: str = "emq-bcts"
+    # Bootstrap replicates of the adjusted intervals (validation set and cells resampled).
+    adjustment_bootstrap: int = 200
+    # A sample with at least this percent of its cells below review_confidence is flagged.
+    review_flag_percent: float = 25.0
+    # A model whose validation balanced accuracy or blast recall is below these is flagged.
+    model_min_balanced_accuracy: float = 0.7
+    model_min_blast_recall: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -560,7 +574,17 @@ def _validate(obj: Any, prefix: str) -> None:
     elif isinstance(obj, ReportConfig):
         _positive(obj, prefix, "min_cells", "gallery_per_class", allow_zero=True)
         _positive(obj, prefix, "me_ratio_low", "me_ratio_high", allow_zero=True)
-        _fraction(obj, prefix, "review_confidence")
+        _fraction(obj, prefix, "review_confidence", "model_min_balanced_accuracy", "model_min_blast_recall")
+        _positive(obj, prefix, "adjustment_bootstrap")
+        if obj.adjustment not in ADJUSTMENT_CHOICES:
+            raise ConfigError(
+                f"config key '{prefix}.adjustment' must be one of {', '.join(ADJUSTMENT_CHOICES)}, "
+                f"got {obj.adjustment!r}"
+            )
+        if not 0.0 <= obj.review_flag_percent <= 100.0:
+            raise ConfigError(
+                f"config key '{prefix}.review_flag_percent' must be between 0 and 100, got {obj.review_flag_percent!r}"
+            )
         if not 0.0 <= obj.blast_flag_percent <= 100.0:
             raise ConfigError(
                 f"config key '{prefix}.blast_flag_percent' must be between 0 and 100, got {obj.blast_flag_percent!r}"

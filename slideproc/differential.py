@@ -4,7 +4,22 @@ What a hematologist signs: per class the percent of *nucleated cells counted*
 (non-cell classes such as artefacts, unidentifiable and smudge cells are counted
 but left out of the denominator) with a 95 % exact binomial (Clopper-Pearson)
 interval, the myeloid:erythroid ratio with an interval, the blast percent, and
-flags (too few cells counted, blasts at or above the leukaemia threshold).
+flags (too few cells counted, blasts at or above the leukaemia threshold, ...).
+
+Two estimates side by side:
+
+- **raw** (``percent``, ``ci_low``, ``ci_high``): classify and count. The interval covers
+  the sampling of cells only, as if the classifier never erred.
+- **adjusted** (``adjusted_percent``, ``adjusted_ci_low``, ``adjusted_ci_high``): class
+  shares estimated from the cells' calibrated probabilities and the classifier's
+  validation record (quantify.py), corrected for its known confusions; the interval is a
+  bootstrap over both the cells and the validation crops, so it covers the sampling of
+  cells and the classifier's uncertainty. Empty (with ``adjustment_missing`` saying why,
+  and the flag ``not_adjusted``) when the model has no validation record.
+
+Flags (``FLAGS``) are decided on the adjusted estimate when there is one, else on the raw one:
+``blasts_high`` when the blast interval lies at or above ``blast_flag_percent`` (20 %),
+``blasts_borderline`` when it crosses it.
 
 Public API::
 
@@ -16,19 +31,23 @@ Public API::
     summary_table(diffs) -> DataFrame                        # one row per sample
     reading_order(class_names, config) -> list[int]          # lineage order for charts/tables
 
-differential.csv columns: sample_id, class, count, percent, ci_low, ci_high.
-percent, ci_low and ci_high are in percent (0-100) of nucleated cells counted.
+differential.csv columns: sample_id, class, count, percent, ci_low, ci_high,
+adjusted_percent, adjusted_ci_low, adjusted_ci_high, flags. Percent columns are in
+percent (0-100) of nucleated cells; flags (the sample's, ``;``-separated) on every row.
 One row per class of the model (non-cell classes: count only, percent empty),
 then three rows per sample:
 
 - ``nucleated_cells``: count = nucleated cells counted (the denominator);
 - ``blast_percent``: count = blasts, percent and interval as the blast row;
 - ``M:E``: count = myeloid + erythroid cells; *percent, ci_low and ci_high hold
-  the ratio* myeloid / erythroid and its interval (not a percent).
+  the ratio* myeloid / erythroid and its interval (not a percent), the adjusted columns
+  the ratio of the adjusted shares. No erythroid cells counted: the ratio is empty and
+  the sample is flagged ``no_erythroid_cells`` (never ``inf``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -42,6 +61,15 @@ BLAST_ROW = "blast_percent"
 ME_ROW = "M:E"
 FLAG_LOW_COUNT = "low_count"
 FLAG_BLASTS = "blasts_high"
+FLAG_BLASTS_BORDERLINE = "blasts_borderline"
+FLAG_NO_ERYTHROID = "no_erythroid_cells"
+FLAG_REVIEW = "many_need_review"
+FLAG_MODEL_POOR = "model_poor"
+FLAG_NOT_ADJUSTED = "not_adjusted"
+FLAGS = (FLAG_LOW_COUNT, FLAG_BLASTS, FLAG_BLASTS_BORDERLINE, FLAG_NO_ERYTHROID, FLAG_REVIEW, FLAG_MODEL_POOR,
+         FLAG_NOT_ADJUSTED)
+COLUMNS = ["sample_id", "class", "count", "percent", "ci_low", "ci_high", "adjusted_percent", "adjusted_ci_low",
+           "adjusted_ci_high", "flags"]
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -79,6 +107,22 @@ def ratio_ci(a: int, b: int, confidence: float = CONFIDENCE) -> tuple[float, flo
 
 
 @dataclass(frozen=True)
+class Adjustment:
+    """Adjusted class shares of one sample: ``quantify.quantify``'s output.
+
+    ``point``: float (C,) shares over all classes of the model (summing to 1);
+    ``replicates``: float (B, C) bootstrap replicates of them; ``method``: its name.
+    """
+
+    point: np.ndarray
+    replicates: np.ndarray
+    method: str
+
+
+_NAN3 = (math.nan, math.nan, math.nan)
+
+
+@dataclass(frozen=True)
 class SampleDifferential:
     sample_id: str
     class_names: tuple[str, ...]
@@ -92,7 +136,7 @@ class SampleDifferential:
     ci_high: tuple[float, ...]
     myeloid: int
     erythroid: int
-    me_ratio: float
+    me_ratio: float  # NaN when no erythroid cells were counted (flag no_erythroid_cells)
     me_low: float
     me_high: float
     blasts: int
@@ -101,6 +145,30 @@ class SampleDifferential:
     blast_high: float
     needs_review: int
     flags: tuple[str, ...]
+    # The adjusted estimate, percent of nucleated cells (NaN when not adjusted, and for non-cell classes).
+    adjusted_percent: tuple[float, ...] = ()
+    adjusted_low: tuple[float, ...] = ()
+    adjusted_high: tuple[float, ...] = ()
+    adjusted_blast: tuple[float, float, float] = _NAN3  # percent, low, high
+    adjusted_me: tuple[float, float, float] = _NAN3     # ratio, low, high
+    adjustment_method: str = ""
+    # One line: why there is no adjusted estimate ("" when there is one).
+    adjustment_missing: str = ""
+    # One line: why the model's figures are poor ("" when they are not, or unknown).
+    model_poor: str = ""
+
+    @property
+    def adjusted(self) -> bool:
+        return bool(self.adjustment_method) and not self.adjustment_missing
+
+    @property
+    def review_percent(self) -> float:
+        """Percent of all cells counted whose confidence is below the review threshold."""
+        return 100.0 * self.needs_review / self.n_cells if self.n_cells else math.nan
+
+    def blast_estimate(self) -> tuple[float, float, float]:
+        """(percent, low, high) the flags are decided on: adjusted when there is one, else raw."""
+        return self.adjusted_blast if self.adjusted else (self.blast_percent, self.blast_low, self.blast_high)
 
     def count_of(self, classes: Sequence[str]) -> int:
         wanted = set(classes)
@@ -118,10 +186,62 @@ def _percent(k: int, n: int) -> tuple[float, float, float]:
     return 100.0 * k / n, 100.0 * low, 100.0 * high
 
 
+def _percentiles(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
+    import warnings
+
+    alpha = (1.0 - confidence) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        low, high = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return low, high
+
+
+def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid_counted: int) -> dict:
+    """Adjusted percents (nucleated classes renormalised to 100), blast percent and M:E with intervals."""
+    keep = np.asarray(nucleated, bool)
+    point = np.asarray(adj.point, np.float64).reshape(-1)
+    reps = np.asarray(adj.replicates, np.float64).reshape(-1, len(point))
+    if len(point) != len(class_names):
+        raise ValueError(f"adjusted shares for {len(point)} classes, the model has {len(class_names)}")
+
+    def renormalise(v):
+        v = np.where(keep, v, 0.0)
+        s = v.sum(axis=-1, keepdims=True)
+        return 100.0 * np.divide(v, s, out=np.full_like(v, np.nan), where=s > 0)
+
+    pct, rep_pct = renormalise(point), renormalise(reps)
+    low, high = _percentiles(rep_pct) if len(rep_pct) else (np.full(len(point), np.nan),) * 2
+    pct, low, high = (np.where(keep, a, np.nan) for a in (pct, low, high))
+    names = list(class_names)
+    non_cell = set(config.non_cell_classes)
+    blast = _NAN3
+    if config.blast_class in names and config.blast_class not in non_cell:
+        b = names.index(config.blast_class)
+        blast = (float(pct[b]), float(low[b]), float(high[b]))
+    my = [names.index(c) for c in set(config.myeloid_classes) if c in names]
+    er = [names.index(c) for c in set(config.erythroid_classes) if c in names]
+    me = _NAN3
+    if my and er and erythroid_counted > 0:
+        def ratio(v):
+            e = v[..., er].sum(axis=-1)
+            return np.divide(v[..., my].sum(axis=-1), e, out=np.full_like(e, np.nan), where=e > 0)
+
+        r = ratio(pct)
+        r_low, r_high = _percentiles(ratio(rep_pct)[:, None]) if len(rep_pct) else (np.nan, np.nan)
+        me = (float(r), float(np.ravel(r_low)[0]), float(np.ravel(r_high)[0]))
+    return {"adjusted_percent": tuple(float(v) for v in pct), "adjusted_low": tuple(float(v) for v in low),
+            "adjusted_high": tuple(float(v) for v in high), "adjusted_blast": blast, "adjusted_me": me,
+            "adjustment_method": adj.method}
+
+
 def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequence[int], config,
-                        needs_review: int = 0) -> SampleDifferential:
+                        needs_review: int = 0, *, adjustment: Adjustment | None = None,
+                        adjustment_missing: str = "", model_poor: str = "") -> SampleDifferential:
     """The differential of one sample from its per-class counts (``config``: a ReportConfig).
 
+    ``adjustment``: the sample's adjusted shares (quantify.py), or None with
+    ``adjustment_missing`` saying why (one line; flagged ``not_adjusted``).
+    ``model_poor``: one line when the model's validation figures are poor (flagged).
     Group members the model does not have are ignored; a blast class it does
     not have gives a NaN blast percent.
     """
@@ -141,26 +261,53 @@ def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequ
     by_name = dict(zip(class_names, counts))
     myeloid = int(sum(by_name.get(c, 0) for c in set(config.myeloid_classes)))
     erythroid = int(sum(by_name.get(c, 0) for c in set(config.erythroid_classes)))
-    me_ratio, me_low, me_high = ratio_ci(myeloid, erythroid)
+    # No erythroid cell: the ratio is undefined, said by a flag, never an infinite number.
+    me_ratio, me_low, me_high = ratio_ci(myeloid, erythroid) if erythroid > 0 else _NAN3
     if config.blast_class in by_name and config.blast_class not in non_cell:
         blasts = by_name[config.blast_class]
         blast_percent, blast_low, blast_high = _percent(blasts, n_nucleated)
     else:
         blasts, blast_percent, blast_low, blast_high = 0, math.nan, math.nan, math.nan
-    flags = []
-    # Flagged, never hidden: a short count is still reported, with wide intervals.
-    if n_nucleated < config.min_cells:
-        flags.append(FLAG_LOW_COUNT)
-    if not math.isnan(blast_percent) and blast_percent >= config.blast_flag_percent:
-        flags.append(FLAG_BLASTS)
-    return SampleDifferential(
+    extra: dict = {"adjusted_percent": (math.nan,) * len(counts), "adjusted_low": (math.nan,) * len(counts),
+                   "adjusted_high": (math.nan,) * len(counts)}
+    if adjustment is not None:
+        extra = _adjusted_figures(adjustment, class_names, nucleated, config, erythroid)
+        adjustment_missing = ""
+    elif not adjustment_missing:
+        adjustment_missing = "adjusted differential not computed"
+    diff = SampleDifferential(
         sample_id=str(sample_id), class_names=class_names, counts=counts, nucleated=nucleated,
         n_cells=int(sum(counts)), n_nucleated=n_nucleated,
         percent=tuple(percent), ci_low=tuple(low), ci_high=tuple(high),
         myeloid=myeloid, erythroid=erythroid, me_ratio=me_ratio, me_low=me_low, me_high=me_high,
         blasts=int(blasts), blast_percent=blast_percent, blast_low=blast_low, blast_high=blast_high,
-        needs_review=int(needs_review), flags=tuple(flags),
+        needs_review=int(needs_review), flags=(), adjustment_missing=adjustment_missing, model_poor=model_poor,
+        **extra,
     )
+    return dataclasses.replace(diff, flags=_flags(diff, config))
+
+
+def _flags(diff: SampleDifferential, config) -> tuple[str, ...]:
+    flags = []
+    # Flagged, never hidden: a short count is still reported, with wide intervals.
+    if diff.n_nucleated < config.min_cells:
+        flags.append(FLAG_LOW_COUNT)
+    _p, low, high = diff.blast_estimate()
+    threshold = config.blast_flag_percent
+    if not math.isnan(low) and low >= threshold:
+        flags.append(FLAG_BLASTS)
+    elif not math.isnan(high) and high >= threshold:
+        # The interval crosses the threshold: the count cannot tell leukaemia from not.
+        flags.append(FLAG_BLASTS_BORDERLINE)
+    if diff.erythroid == 0 and diff.n_nucleated > 0:
+        flags.append(FLAG_NO_ERYTHROID)
+    if diff.n_cells and diff.review_percent >= config.review_flag_percent:
+        flags.append(FLAG_REVIEW)
+    if diff.model_poor:
+        flags.append(FLAG_MODEL_POOR)
+    if not diff.adjusted:
+        flags.append(FLAG_NOT_ADJUSTED)
+    return tuple(flags)
 
 
 def reading_order(class_names: Sequence[str], config) -> list[int]:
@@ -178,25 +325,52 @@ def reading_order(class_names: Sequence[str], config) -> list[int]:
 
 def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
     """The flag as a reader should see it."""
+    which = "adjusted" if diff.adjusted else "raw"
+    p, lo, hi = diff.blast_estimate()
+    thr = config.blast_flag_percent
     if flag == FLAG_LOW_COUNT:
         return f"only {diff.n_nucleated} nucleated cells counted (< {config.min_cells})"
     if flag == FLAG_BLASTS:
-        return f"blasts {diff.blast_percent:.1f} % (>= {config.blast_flag_percent:g} %)"
+        return f"blasts {p:.1f} % ({which}; 95 % interval {lo:.1f}-{hi:.1f} %, all at or above {thr:g} %)"
+    if flag == FLAG_BLASTS_BORDERLINE:
+        return (f"blasts borderline: {p:.1f} % ({which}; 95 % interval {lo:.1f}-{hi:.1f} % crosses {thr:g} %): "
+                f"count more cells or review the blasts")
+    if flag == FLAG_NO_ERYTHROID:
+        known = set(config.erythroid_classes) & set(diff.class_names)
+        return ("no erythroid cells counted: M:E not defined" if known else
+                "no erythroid cells: the model has no erythroid class, so M:E is not defined")
+    if flag == FLAG_REVIEW:
+        return (f"{diff.review_percent:.0f} % of cells ({diff.needs_review} of {diff.n_cells}) are below the review "
+                f"confidence {config.review_confidence:g} (>= {config.review_flag_percent:g} %): the differential "
+                f"rests on many uncertain calls; review them (report/needs_review.csv)")
+    if flag == FLAG_MODEL_POOR:
+        return f"model: {diff.model_poor}"
+    if flag == FLAG_NOT_ADJUSTED:
+        return diff.adjustment_missing or "adjusted differential not available"
     return flag
 
 
 def differential_rows(diff: SampleDifferential) -> list[dict]:
+    flags = ";".join(diff.flags)
+    adj = zip(diff.adjusted_percent, diff.adjusted_low, diff.adjusted_high)
     rows = [
-        {"sample_id": diff.sample_id, "class": name, "count": count, "percent": p, "ci_low": lo, "ci_high": hi}
-        for name, count, p, lo, hi in zip(diff.class_names, diff.counts, diff.percent, diff.ci_low, diff.ci_high)
+        {"sample_id": diff.sample_id, "class": name, "count": count, "percent": p, "ci_low": lo, "ci_high": hi,
+         "adjusted_percent": ap, "adjusted_ci_low": alo, "adjusted_ci_high": ahi, "flags": flags}
+        for name, count, p, lo, hi, (ap, alo, ahi)
+        in zip(diff.class_names, diff.counts, diff.percent, diff.ci_low, diff.ci_high, adj)
     ]
     nan = math.nan
     rows.append({"sample_id": diff.sample_id, "class": NUCLEATED_ROW, "count": diff.n_nucleated,
-                 "percent": nan, "ci_low": nan, "ci_high": nan})
+                 "percent": nan, "ci_low": nan, "ci_high": nan,
+                 "adjusted_percent": nan, "adjusted_ci_low": nan, "adjusted_ci_high": nan, "flags": flags})
     rows.append({"sample_id": diff.sample_id, "class": BLAST_ROW, "count": diff.blasts,
-                 "percent": diff.blast_percent, "ci_low": diff.blast_low, "ci_high": diff.blast_high})
+                 "percent": diff.blast_percent, "ci_low": diff.blast_low, "ci_high": diff.blast_high,
+                 "adjusted_percent": diff.adjusted_blast[0], "adjusted_ci_low": diff.adjusted_blast[1],
+                 "adjusted_ci_high": diff.adjusted_blast[2], "flags": flags})
     rows.append({"sample_id": diff.sample_id, "class": ME_ROW, "count": diff.myeloid + diff.erythroid,
-                 "percent": diff.me_ratio, "ci_low": diff.me_low, "ci_high": diff.me_high})
+                 "percent": diff.me_ratio, "ci_low": diff.me_low, "ci_high": diff.me_high,
+                 "adjusted_percent": diff.adjusted_me[0], "adjusted_ci_low": diff.adjusted_me[1],
+                 "adjusted_ci_high": diff.adjusted_me[2], "flags": flags})
     return rows
 
 
@@ -205,8 +379,9 @@ def differential_table(diffs: Sequence[SampleDifferential]):
     import pandas as pd
 
     rows = [row for diff in diffs for row in differential_rows(diff)]
-    df = pd.DataFrame(rows, columns=["sample_id", "class", "count", "percent", "ci_low", "ci_high"])
-    return df.astype({"count": np.int64, "percent": np.float64, "ci_low": np.float64, "ci_high": np.float64})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    floats = {c: np.float64 for c in COLUMNS if c not in ("sample_id", "class", "count", "flags")}
+    return df.astype({"count": np.int64, **floats})
 
 
 def summary_table(diffs: Sequence[SampleDifferential]):
@@ -217,11 +392,15 @@ def summary_table(diffs: Sequence[SampleDifferential]):
         {
             "sample_id": d.sample_id, "n_cells": d.n_cells, "n_nucleated": d.n_nucleated,
             "blast_percent": d.blast_percent, "blast_ci_low": d.blast_low, "blast_ci_high": d.blast_high,
+            "adjusted_blast_percent": d.adjusted_blast[0], "adjusted_blast_ci_low": d.adjusted_blast[1],
+            "adjusted_blast_ci_high": d.adjusted_blast[2],
             "me_ratio": d.me_ratio, "me_ci_low": d.me_low, "me_ci_high": d.me_high,
-            "needs_review": d.needs_review, "flags": ";".join(d.flags),
+            "adjusted_me_ratio": d.adjusted_me[0],
+            "needs_review": d.needs_review, "needs_review_percent": d.review_percent, "flags": ";".join(d.flags),
         }
         for d in diffs
     ]
     return pd.DataFrame(rows, columns=["sample_id", "n_cells", "n_nucleated", "blast_percent", "blast_ci_low",
-                                       "blast_ci_high", "me_ratio", "me_ci_low", "me_ci_high", "needs_review",
-                                       "flags"])
+                                       "blast_ci_high", "adjusted_blast_percent", "adjusted_blast_ci_low",
+                                       "adjusted_blast_ci_high", "me_ratio", "me_ci_low", "me_ci_high",
+                                       "adjusted_me_ratio", "needs_review", "needs_review_percent", "flags"])

@@ -4,7 +4,12 @@ Predictions go through the engine's own path (``Predictor``: same resize,
 fixed batches, calibrated probabilities), so the figures describe the model
 as ``run`` will use it, with the same test-time views (``classify.tta_views``).
 Writes EVAL_DIR/metrics.json (with ECE and the reliability bins),
-predictions.csv, confusion_matrix.png and reliability.png.
+predictions.csv, confusion_matrix.png, reliability.png and differential.csv:
+DATA_DIR's crops taken as one sample (``sample_id`` = the folder's name), the same
+columns as ``run``'s differential.csv (raw and adjusted, with the model's validation
+record) plus ``true_percent`` from the folder labels. Run it on crops the model did
+not train on, nor was characterised on (its validation split): on those the adjusted
+estimate is in-sample.
 """
 
 from __future__ import annotations
@@ -93,6 +98,42 @@ def plot_reliability(path: Path, reliability: dict, ece: float, title: str) -> N
     plt.close(fig)
 
 
+def write_differential(path: Path, model_dir: Path, sample_id: str, y_true, probs: np.ndarray, labels,
+                       cfg=None):
+    """differential.csv of the crops as one sample, with ``true_percent``; returns the DataFrame."""
+    import math
+
+    from . import differential as dif
+    from .config import ReportConfig
+    from .model_card import read_model_card
+    from .quantify import quantify
+    from .report import adjuster, model_poor
+
+    cfg = cfg or ReportConfig()
+    labels = list(labels)
+    y_true = np.asarray(y_true, int)
+    counts = np.bincount(probs.argmax(axis=1), minlength=len(labels)) if len(probs) else np.zeros(len(labels), int)
+    card = read_model_card(model_dir)
+    quantifier, missing = adjuster(card, labels, cfg)
+    adjustment = None
+    if quantifier is not None:
+        point, reps = quantify(quantifier, probs, seed=0)
+        adjustment = dif.Adjustment(point, reps, cfg.adjustment)
+    diff = dif.sample_differential(sample_id, labels, counts, cfg, needs_review=int((probs.max(axis=1)
+                                   < cfg.review_confidence).sum()) if len(probs) else 0,
+                                   adjustment=adjustment, adjustment_missing=missing, model_poor=model_poor(card, cfg))
+    table = dif.differential_table([diff])
+    true_counts = np.bincount(y_true, minlength=len(labels))
+    truth = dif.sample_differential(sample_id, labels, true_counts, cfg)
+    true = {name: p for name, p in zip(labels, truth.percent)}
+    true[dif.NUCLEATED_ROW] = math.nan
+    true[dif.BLAST_ROW] = truth.blast_percent
+    true[dif.ME_ROW] = truth.me_ratio
+    table.insert(table.columns.get_loc("flags"), "true_percent", table["class"].map(true).astype(np.float64))
+    table.to_csv(path, index=False, lineterminator="\n")
+    return table
+
+
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int = 32, workers: int = 2,
              tta_views: int = 1) -> dict:
     """Score MODEL_DIR on DATA_DIR's class folders; write and return metrics.json's content.
@@ -123,6 +164,8 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int 
         **classification_metrics(data.labels, probs, labels),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_differential(out_dir / "differential.csv", Path(model_dir), Path(data_dir).resolve().name or "data",
+                       data.labels, probs, labels)
     plot_confusion(out_dir / "confusion_matrix.png", np.asarray(metrics["confusion_matrix"]["matrix"]), labels,
                    f"{Path(model_dir).name} on {Path(data_dir).name}: balanced accuracy "
                    f"{metrics['balanced_accuracy']:.3f}")

@@ -6,7 +6,7 @@ registry to leak, safe from worker threads.
 
 Public API::
 
-    differential_png(diff, config) -> bytes     # bars with 95 % intervals, reference ranges shaded
+    differential_png(diff, config) -> bytes     # adjusted bars, raw diamonds, 95 % intervals, ranges shaded
     confidence_png(confidence, threshold, sample_id) -> bytes
     gallery_png(crops_by_class, sample_id) -> bytes   # {class: uint8 (k, H, W, 3)}
 """
@@ -41,36 +41,53 @@ def _save(fig) -> bytes:
 
 
 def differential_png(diff, config) -> bytes:
-    """Percent of nucleated cells per class (and per reference group) with 95 % exact intervals."""
+    """Percent of nucleated cells per class (and per reference group), reference ranges shaded.
+
+    Bars: the adjusted estimate with its 95 % interval when the sample has one (whiskers cover
+    cell sampling and the classifier's uncertainty), and the raw count as hollow diamonds with
+    its exact interval; the raw count as bars when there is no adjusted estimate.
+    """
     from matplotlib.patches import Rectangle
 
-    labels, values, lows, highs, ranges, colors = [], [], [], [], [], []
-    single = {r.classes[0]: r for r in config.reference_ranges if len(r.classes) == 1}
     from .differential import reading_order
 
+    adjusted = diff.adjusted
+    labels, values, lows, highs, raws, raw_lows, raw_highs, ranges, colors = ([] for _ in range(9))
+    single = {r.classes[0]: r for r in config.reference_ranges if len(r.classes) == 1}
     for i in reading_order(diff.class_names, config):
-        name, keep, p, lo, hi = (diff.class_names[i], diff.nucleated[i], diff.percent[i],
-                                 diff.ci_low[i], diff.ci_high[i])
+        name, keep = diff.class_names[i], diff.nucleated[i]
         if not keep:
             continue
         labels.append(name)
-        values.append(p)
-        lows.append(lo)
-        highs.append(hi)
+        raws.append(diff.percent[i])
+        raw_lows.append(diff.ci_low[i])
+        raw_highs.append(diff.ci_high[i])
+        if adjusted:
+            values.append(diff.adjusted_percent[i])
+            lows.append(diff.adjusted_low[i])
+            highs.append(diff.adjusted_high[i])
         r = single.get(name)
         ranges.append((r.low_percent, r.high_percent) if r else None)
         colors.append(np.asarray(class_color(name)) / 255.0)
-    # Groups (erythroid precursors = PEB + EBO) get their own bar.
+    # Groups (erythroid precursors = PEB + EBO) get their own bar (raw: the adjusted
+    # replicates are not kept per group).
     for r in config.reference_ranges:
         present = [c for c in r.classes if c in diff.class_names]
         if len(r.classes) > 1 and present:
             p, lo, hi = diff.group_percent(present)
             labels.append(f"{r.name} ({'+'.join(present)})")
-            values.append(p)
-            lows.append(lo)
-            highs.append(hi)
+            raws.append(p)
+            raw_lows.append(lo)
+            raw_highs.append(hi)
+            if adjusted:
+                idx = [diff.class_names.index(c) for c in present]
+                values.append(float(sum(diff.adjusted_percent[j] for j in idx)))
+                lows.append(math.nan)
+                highs.append(math.nan)
             ranges.append((r.low_percent, r.high_percent))
             colors.append((0.45, 0.45, 0.45))
+    if not adjusted:
+        values, lows, highs = raws, raw_lows, raw_highs
 
     height = 1.2 + 0.28 * max(len(labels), 1)
     fig, ax = _figure(7.5, height)
@@ -82,11 +99,16 @@ def differential_png(diff, config) -> bytes:
                                    alpha=0.25, edgecolor=RANGE_COLOR, lw=1.0, zorder=0))
     if diff.n_nucleated > 0:
         v = np.asarray(values, dtype=float)
-        xerr = np.vstack([v - np.asarray(lows), np.asarray(highs) - v])
-        ax.barh(y, v, color=colors, height=0.55, xerr=xerr, zorder=2,
+        xerr = np.nan_to_num(np.vstack([v - np.asarray(lows, float), np.asarray(highs, float) - v]), nan=0.0)
+        ax.barh(y, v, color=colors, height=0.55, xerr=np.maximum(xerr, 0.0), zorder=2,
                 error_kw={"ecolor": "black", "elinewidth": 0.8, "capsize": 2})
-        xmax = max(float(np.nanmax(highs)) if len(highs) else 0.0,
-                   max((r[1] for r in ranges if r), default=0.0)) * 1.08
+        if adjusted:
+            r = np.asarray(raws, float)
+            rerr = np.maximum(np.vstack([r - np.asarray(raw_lows, float), np.asarray(raw_highs, float) - r]), 0.0)
+            ax.errorbar(r, y + 0.32, xerr=rerr, fmt="D", mfc="white", mec="#555555", ms=4, ecolor="#888888",
+                        elinewidth=0.7, capsize=1.5, zorder=3, label="raw count")
+        tops = [h for h in (*highs, *raw_highs) if not math.isnan(h)]
+        xmax = max(max(tops, default=0.0), max((r[1] for r in ranges if r), default=0.0)) * 1.08
         ax.set_xlim(0, min(100.0, max(xmax, 5.0)))
     else:
         ax.set_xlim(0, 100)
@@ -94,8 +116,12 @@ def differential_png(diff, config) -> bytes:
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)
     # In the label, not a legend: a legend box would hide the longest ranges.
-    ax.set_xlabel("% of nucleated cells (whiskers: 95 % exact interval; green: typical adult range)")
-    me = "n/a" if math.isnan(diff.me_ratio) else ("inf" if math.isinf(diff.me_ratio) else f"{diff.me_ratio:.2f}")
+    ax.set_xlabel("% of nucleated cells: bars adjusted (95 % interval, cells and classifier), "
+                  "diamonds raw count (95 % exact interval)" if adjusted else
+                  "% of nucleated cells, raw count (whiskers: 95 % exact interval; green: typical adult range)",
+                  fontsize=8 if adjusted else None)
+    me_value = diff.adjusted_me[0] if adjusted else diff.me_ratio
+    me = "no erythroid cells" if diff.erythroid == 0 else ("n/a" if math.isnan(me_value) else f"{me_value:.2f}")
     ax.set_title(f"{diff.sample_id}: {diff.n_nucleated} nucleated cells, M:E {me}", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)

@@ -3,7 +3,8 @@
 Writes, in OUT_DIR:
 
 - ``differential.csv``   per sample and class: count, percent of nucleated cells,
-                         95 % exact interval (percent units), then rows
+                         95 % exact interval (percent units; raw), the adjusted percent
+                         and its 95 % interval, the sample's flags; then rows
                          nucleated_cells, blast_percent and M:E (see differential.py)
 - ``histograms.csv``     one row per sample, one count column per class
 - ``geojson/<sample_id>.geojson``  QuPath detections
@@ -13,6 +14,10 @@ Writes, in OUT_DIR:
 - ``report/index.html``  self-contained page (no network; images inline as base64)
 - ``report/<sample_id>.differential.png``, ``.confidence.png``, ``.gallery.png``
   (gallery only when crops were saved)
+
+The adjusted differential needs the model's validation record, which ``run`` stores in
+``results.zarr/model_card/`` (model_card.py); without it the samples get the raw
+differential, the flag ``not_adjusted`` and one line saying why.
 
 Public API::
 
@@ -27,11 +32,13 @@ import html
 import logging
 import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from . import differential as dif
+from . import model_card, quantify
 from .config import ReportConfig, RunConfig, config_from_dict
 from .store import geojson, tables, zarr_store
 from .store.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
@@ -57,6 +64,36 @@ def _report_config(out_dir, config) -> ReportConfig:
         except Exception as err:  # noqa: BLE001 - an old or foreign config: say so, use defaults
             log.warning("%s; using the default report settings", err)
     return ReportConfig()
+
+
+def adjuster(card: model_card.ModelCard, class_names, cfg: ReportConfig):
+    """(the fitted quantifier, "") or (None, one line saying why there is no adjusted differential)."""
+    if cfg.adjustment == "none":
+        return None, "adjusted differential not computed: report.adjustment is none in the config"
+    if not card.usable:
+        return None, card.missing
+    if list(card.labels) != list(class_names):
+        return None, ("adjusted differential not available: the stored model record lists other classes "
+                      f"({', '.join(card.labels)}) than the results")
+    prior = card.info.get("training_prior")
+    prior = [prior.get(c, 0.0) for c in card.labels] if isinstance(prior, dict) else None
+    try:
+        return quantify.fit_quantifier(card.y_val, card.p_val, cfg.adjustment, training_prior=prior,
+                                       n_boot=cfg.adjustment_bootstrap, seed=0), ""
+    except ValueError as err:
+        return None, f"adjusted differential not available: {err}"
+
+
+def model_poor(card: model_card.ModelCard, cfg: ReportConfig) -> str:
+    """One line when the model's validation figures are below the configured minimums, else ""."""
+    reasons = []
+    ba = card.balanced_accuracy
+    if ba is not None and ba < cfg.model_min_balanced_accuracy:
+        reasons.append(f"validation balanced accuracy {ba:.2f} < {cfg.model_min_balanced_accuracy:g}")
+    recall = card.recall(cfg.blast_class)
+    if recall is not None and (card.support(cfg.blast_class) or 0) > 0 and recall < cfg.model_min_blast_recall:
+        reasons.append(f"blast recall {recall:.2f} < {cfg.model_min_blast_recall:g}")
+    return "poor figures on data it did not train on: " + "; ".join(reasons) if reasons else ""
 
 
 def _fmt(value: float, digits: int = 1) -> str:
@@ -93,13 +130,24 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
     for folder in (out_dir, report_dir, out_dir / geojson.GEOJSON_DIR):
         remove_stale_temporaries(folder)
 
+    card = model_card.load_stored_card(out_dir)
+    quantifier, missing = adjuster(card, class_names, cfg)
+    poor = model_poor(card, cfg)
     diffs, review_frames, sections = [], [], []
     for sample_id in sorted(zarr_store.completed_samples(out_dir)):
-        cells, _probabilities, attrs = zarr_store.read_sample(out_dir, sample_id)
+        cells, probabilities, attrs = zarr_store.read_sample(out_dir, sample_id)
         names = list(attrs.get("class_names") or class_names)
         counts = zarr_store.read_histogram(out_dir, sample_id)
         review = cells[cells["confidence"] < cfg.review_confidence]
-        diff = dif.sample_differential(sample_id, names, counts, cfg, needs_review=len(review))
+        adjustment = None
+        if quantifier is not None and names == list(card.labels):
+            point, reps = quantify.quantify(quantifier, np.asarray(probabilities, np.float64),
+                                            seed=zlib.crc32(sample_id.encode()))
+            adjustment = dif.Adjustment(point, reps, cfg.adjustment)
+        diff = dif.sample_differential(sample_id, names, counts, cfg, needs_review=len(review),
+                                       adjustment=adjustment, model_poor=poor,
+                                       adjustment_missing=missing or "adjusted differential not available: the "
+                                       "sample's classes differ from the model record's")
         diffs.append(diff)
         review_frames.append(
             review.sort_values(["confidence", "cell_id"], kind="mergesort")
@@ -133,7 +181,7 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
     review_all = (pd.concat(review_frames, ignore_index=True) if review_frames
                   else pd.DataFrame(columns=NEEDS_REVIEW_COLUMNS))
     atomic_write_text(report_dir / "needs_review.csv", review_all.to_csv(index=False, lineterminator="\n"))
-    page = render_html(root_attrs, cfg, sections)
+    page = render_html(root_attrs, cfg, sections, card=card)
     return atomic_write_text(report_dir / "index.html", page)
 
 
@@ -152,6 +200,8 @@ tr.flagged td { background: #fff4e5; }
 .meta { color: #555; font-size: 0.85em; }
 img { max-width: 100%; height: auto; display: block; margin: 0.4em 0; }
 details { margin: 0.5em 0; }
+.banner { background: #fde2e1; border: 1px solid #c0392b; padding: 0.5em; color: #8e1b10; }
+.model, .about { font-size: 0.9em; }
 """
 
 
@@ -174,31 +224,71 @@ def _ci(p: float, lo: float, hi: float, digits: int = 1) -> str:
 
 
 def _sample_table(diff, cfg) -> str:
+    """Adjusted percent (when there is one) first, then the raw count and percent, then the reference."""
     ranges = {r.classes[0]: r for r in cfg.reference_ranges if len(r.classes) == 1}
+    adjusted = diff.adjusted
     rows = []
     for i in dif.reading_order(diff.class_names, cfg):
         name, count, keep, p, lo, hi = (diff.class_names[i], diff.counts[i], diff.nucleated[i],
                                         diff.percent[i], diff.ci_low[i], diff.ci_high[i])
         r = ranges.get(name)
         ref = f"{r.low_percent:g}&ndash;{r.high_percent:g}" if r else ""
-        value = _ci(p, lo, hi) if keep else "<span class=meta>not a nucleated cell</span>"
-        rows.append(f"<tr><td class=id>{html.escape(name)}</td><td>{count}</td><td>{value}</td><td>{ref}</td></tr>")
+        if keep:
+            value = _ci(p, lo, hi)
+            adj = _ci(diff.adjusted_percent[i], diff.adjusted_low[i], diff.adjusted_high[i]) if adjusted else ""
+        else:
+            value = "<span class=meta>not a nucleated cell</span>"
+            adj = "" if not adjusted else "<span class=meta>&ndash;</span>"
+        first = f"<td><b>{adj}</b></td>" if adjusted else ""
+        rows.append(f"<tr><td class=id>{html.escape(name)}</td>{first}<td>{count}</td><td>{value}</td>"
+                    f"<td>{ref}</td></tr>")
     for r in cfg.reference_ranges:
         present = [c for c in r.classes if c in diff.class_names]
         if len(r.classes) > 1 and present:
             p, lo, hi = diff.group_percent(present)
+            first = ""
+            if adjusted:
+                idx = [diff.class_names.index(c) for c in present]
+                first = f"<td><b>{_fmt(sum(diff.adjusted_percent[j] for j in idx))}</b></td>"
             rows.append(
-                f"<tr><td class=id>{html.escape(r.name)} ({'+'.join(map(html.escape, present))})</td>"
+                f"<tr><td class=id>{html.escape(r.name)} ({'+'.join(map(html.escape, present))})</td>{first}"
                 f"<td>{diff.count_of(present)}</td><td>{_ci(p, lo, hi)}</td>"
                 f"<td>{r.low_percent:g}&ndash;{r.high_percent:g}</td></tr>"
             )
+    head = ("<th>adjusted % of nucleated (95 % interval: cells and classifier)</th>" if adjusted else "")
     return (
-        "<table><thead><tr><th class=id>class</th><th>count</th><th>% of nucleated (95 % CI)</th>"
+        f"<table class=differential><thead><tr><th class=id>class</th>{head}<th>raw count</th>"
+        "<th>raw % of nucleated (95 % interval: cell sampling only)</th>"
         "<th>typical adult %</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 
-def render_html(root_attrs: dict, cfg: ReportConfig, sections) -> str:
+def _model_line(root_attrs: dict, card: model_card.ModelCard | None, cfg: ReportConfig) -> str:
+    """Which model counted the cells and how good it is on data it did not train on."""
+    e = html.escape
+    sha = str(root_attrs.get("model_sha256") or "n/a")
+    name = Path(card.model_dir).name if card is not None and card.model_dir else "model"
+    parts = [f"Model <b>{e(name)}</b> (sha256 <code>{e(sha)}</code>)"]
+    if card is not None and card.balanced_accuracy is not None:
+        n_val = card.info.get("n_val")
+        recalls = []
+        order = [cfg.blast_class] + [c for c in card.labels if c != cfg.blast_class]
+        for c in order:
+            r = card.recall(c)
+            if r is not None and (card.support(c) or 0) > 0:
+                recalls.append(f"{'<b>' if c == cfg.blast_class else ''}{e(c)} {r:.2f}"
+                               f"{'</b>' if c == cfg.blast_class else ''}")
+        parts.append(
+            f"on its validation crops{f' ({n_val})' if n_val else ''}, which it did not train on: balanced "
+            f"accuracy <b>{card.balanced_accuracy:.2f}</b>; recall per class (share of each class's cells it "
+            f"calls right): {', '.join(recalls)}"
+        )
+    else:
+        parts.append("no validation figures recorded for this model")
+    return "<p class=model>" + "; ".join(parts) + ".</p>"
+
+
+def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.ModelCard | None = None) -> str:
     """The report page; ``sections``: [(SampleDifferential, sample attrs, {kind: png bytes})]."""
     e = html.escape
     head = (
@@ -208,33 +298,61 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections) -> str:
         "<link rel=icon href='data:,'>"
         f"<title>slideproc report</title><style>{_CSS}</style></head><body>"
     )
-    sha = root_attrs.get("model_sha256") or "n/a"
+    poor = model_poor(card, cfg) if card is not None else ""
+    banner = (f"<p class='flag banner'>Model flagged: {e(poor)}. Treat every differential below with caution "
+              "and check it by eye.</p>") if poor else ""
+    adjusted_any = any(d.adjusted for d, _a, _p in sections)
+    missing = next((d.adjustment_missing for d, _a, _p in sections if not d.adjusted), "")
+    if adjusted_any:
+        about = (
+            "<p class=about><b>Adjusted</b> shares (shown first) are estimated from every cell's calibrated "
+            "probabilities and the classifier's measured confusions on its validation crops "
+            f"({e(cfg.adjustment)}), which removes the systematic over- and under-counting of simply counting "
+            "each cell's most likely class; their 95 % intervals cover both the sampling of cells and the "
+            "classifier's uncertainty (a bootstrap over the cells and the validation crops). <b>Raw</b> shares "
+            "count each cell as its most likely class; their 95 % intervals (exact binomial, Clopper-Pearson) "
+            "cover the sampling of cells only, as if the classifier never erred.</p>"
+        )
+    else:
+        about = (
+            f"<p class=about>Raw shares only ({e(missing or 'no adjusted differential')}). Each cell is counted as "
+            "its most likely class; the 95 % intervals (exact binomial, Clopper-Pearson) cover the sampling of "
+            "cells only, as if the classifier never erred.</p>"
+        )
     meta = (
         f"<p class=meta>run {e(str(root_attrs.get('run_id', 'n/a')))} &middot; "
-        f"slideproc {e(str(root_attrs.get('slideproc_version', '')))} &middot; model sha256 {e(str(sha))}</p>"
+        f"slideproc {e(str(root_attrs.get('slideproc_version', '')))}</p>"
+        + _model_line(root_attrs, card, cfg) + about +
         "<p class=meta>Percentages are of nucleated cells counted: "
         f"{e(', '.join(cfg.non_cell_classes))} are counted but left out of the denominator. "
-        "Intervals are 95 % exact binomial (Clopper-Pearson). "
         f"M:E = ({e(' '.join(cfg.myeloid_classes))}) : ({e(' '.join(cfg.erythroid_classes))}), "
         f"typical adult {cfg.me_ratio_low:g}&ndash;{cfg.me_ratio_high:g}. "
         "Reference ranges are typical adult values, not this laboratory's. "
-        f"Cells with confidence below {cfg.review_confidence:g} are listed in needs_review.csv.</p>"
+        f"Cells with confidence below {cfg.review_confidence:g} are listed in needs_review.csv; a sample with "
+        f"{cfg.review_flag_percent:g} % or more of them is flagged.</p>"
     )
     rows = []
     for i, (diff, _attrs, _pngs) in enumerate(sections):
-        flags = "; ".join(dif.describe_flag(f, diff, cfg) for f in diff.flags)
+        flags = "; ".join(dif.describe_flag(f, diff, cfg) for f in diff.flags if f != dif.FLAG_MODEL_POOR)
+        adj = (f"<td><b>{_ci(*diff.adjusted_blast)}</b></td>" if adjusted_any else "")
+        me = _ci(diff.adjusted_me[0], diff.adjusted_me[1], diff.adjusted_me[2], 2) if diff.adjusted else \
+            _ci(diff.me_ratio, diff.me_low, diff.me_high, 2)
+        if diff.erythroid == 0 and diff.n_nucleated:
+            me = "<span class=meta>no erythroid cells</span>"
+        review = f"{diff.needs_review} ({_fmt(diff.review_percent, 0)} %)"
         rows.append(
             f"<tr class='sample{' flagged' if diff.flags else ''}' data-sample-id='{e(diff.sample_id)}'>"
             f"<td class=id><a href='#sample-{i}'>{e(diff.sample_id)}</a></td>"
-            f"<td>{diff.n_cells}</td><td>{diff.n_nucleated}</td>"
+            f"<td>{diff.n_cells}</td><td>{diff.n_nucleated}</td>{adj}"
             f"<td>{_ci(diff.blast_percent, diff.blast_low, diff.blast_high)}</td>"
-            f"<td>{_ci(diff.me_ratio, diff.me_low, diff.me_high, 2)}</td>"
-            f"<td>{diff.needs_review}</td><td class='id flag'>{e(flags)}</td></tr>"
+            f"<td>{me}</td><td>{review}</td><td class='id flag'>{e(flags)}</td></tr>"
         )
+    adj_head = "<th>blast % adjusted (95 % interval)</th>" if adjusted_any else ""
     archive = (
         f"<h2>Archive ({len(sections)} samples)</h2>"
         "<table id=archive><thead><tr><th class=id>sample</th><th>cells counted</th><th>nucleated cells</th>"
-        "<th>blast % (95 % CI)</th><th>M:E (95 % CI)</th><th>needs review</th><th class=id>flags</th></tr></thead>"
+        f"{adj_head}<th>blast % raw (95 % interval)</th><th>M:E{' adjusted' if adjusted_any else ''} "
+        "(95 % interval)</th><th>below review confidence</th><th class=id>flags</th></tr></thead>"
         "<tbody>" + "".join(rows) + "</tbody></table>"
     )
     if not sections:
@@ -242,15 +360,17 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections) -> str:
     blocks = []
     for i, (diff, attrs, pngs) in enumerate(sections):
         sources = ", ".join(str(s) for s in attrs.get("sources") or [])
-        flags = "".join(f"<p class=flag>{e(dif.describe_flag(f, diff, cfg))}</p>" for f in diff.flags)
+        flags = "".join(f"<p class=flag>{e(dif.describe_flag(f, diff, cfg))}</p>" for f in diff.flags
+                        if f != dif.FLAG_MODEL_POOR)
         gallery = (_img(pngs["gallery"], f"example cells of {diff.sample_id}") if "gallery" in pngs
                    else "<p class=meta>No crops saved (run with --save-crops for a gallery).</p>")
         blocks.append(
-            f"<section class=sample id='sample-{i}'><h2>{e(diff.sample_id)}</h2>"
+            f"<section class=sample id='sample-{i}'><h2>{e(diff.sample_id)}</h2>{banner}"
             f"<p class=meta>sources: {e(sources)} &middot; mpp {e(_mpp(attrs.get('mpp')))} &middot; "
-            f"{diff.n_cells} cells counted, {diff.n_nucleated} nucleated, {diff.needs_review} need review</p>"
-            f"{flags}{_img(pngs['differential'], f'differential of {diff.sample_id}')}"
-            f"<details><summary>Counts and intervals</summary>{_sample_table(diff, cfg)}</details>"
+            f"{diff.n_cells} cells counted, {diff.n_nucleated} nucleated, {diff.needs_review} "
+            f"({_fmt(diff.review_percent, 0)} %) below the review confidence</p>"
+            f"{flags}{_sample_table(diff, cfg)}{_img(pngs['differential'], f'differential of {diff.sample_id}')}"
             f"{_img(pngs['confidence'], f'confidence of {diff.sample_id}')}{gallery}</section>"
         )
-    return head + "<h1>slideproc differential report</h1>" + meta + archive + "".join(blocks) + "</body></html>\n"
+    return (head + "<h1>slideproc differential report</h1>" + banner + meta + archive + "".join(blocks)
+            + "</body></html>\n")

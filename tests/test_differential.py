@@ -12,8 +12,14 @@ from scipy.stats import binomtest
 from slideproc.config import ReportConfig
 from slideproc.differential import (
     BLAST_ROW,
+    COLUMNS,
     FLAG_BLASTS,
+    FLAG_BLASTS_BORDERLINE,
     FLAG_LOW_COUNT,
+    FLAG_MODEL_POOR,
+    FLAG_NO_ERYTHROID,
+    FLAG_NOT_ADJUSTED,
+    FLAG_REVIEW,
     ME_ROW,
     NUCLEATED_ROW,
     differential_table,
@@ -92,14 +98,52 @@ def test_me_ratio_edge_cases():
 
 
 def test_blast_percent_and_flags():
-    d = sample_differential("AML", CLASSES, counts_of(BLA=300, LYT=300), CONFIG)
-    assert d.blast_percent == 50.0
-    ci = binomtest(300, 600).proportion_ci(method="exact")
+    d = sample_differential("AML", CLASSES, counts_of(BLA=300, LYT=300, EBO=10), CONFIG)
+    assert d.blast_percent == pytest.approx(300 / 610 * 100)
+    ci = binomtest(300, 610).proportion_ci(method="exact")
     assert (d.blast_low, d.blast_high) == (100 * ci.low, 100 * ci.high)
     assert FLAG_BLASTS in d.flags and FLAG_LOW_COUNT not in d.flags
-    small = sample_differential("small", CLASSES, counts_of(LYT=499, ART=100), CONFIG)
-    assert small.flags == (FLAG_LOW_COUNT,)  # flagged, not hidden
-    assert sample_differential("ok", CLASSES, counts_of(LYT=500), CONFIG).flags == ()
+    # No validation record given: raw only, and said.
+    assert FLAG_NOT_ADJUSTED in d.flags
+    small = sample_differential("small", CLASSES, counts_of(LYT=498, EBO=1, ART=100), CONFIG)
+    assert FLAG_LOW_COUNT in small.flags  # flagged, not hidden
+    ok = sample_differential("ok", CLASSES, counts_of(LYT=490, EBO=10), CONFIG)
+    assert ok.flags == (FLAG_NOT_ADJUSTED,)
+
+
+def test_blasts_interval_across_the_threshold_is_borderline():
+    # 105 / 500 = 21 %: the exact interval (17.6-24.8 %) crosses 20 %: borderline, not high.
+    d = sample_differential("B", CLASSES, counts_of(BLA=105, LYT=385, EBO=10), CONFIG)
+    assert d.blast_low < 20.0 <= d.blast_high
+    assert FLAG_BLASTS_BORDERLINE in d.flags and FLAG_BLASTS not in d.flags
+    # 150 / 500 = 30 % (interval 26.0-34.2 %): high. 50 / 500 = 10 %: neither.
+    assert FLAG_BLASTS in sample_differential("H", CLASSES, counts_of(BLA=150, LYT=340, EBO=10), CONFIG).flags
+    low = sample_differential("L", CLASSES, counts_of(BLA=50, LYT=440, EBO=10), CONFIG).flags
+    assert FLAG_BLASTS not in low and FLAG_BLASTS_BORDERLINE not in low
+
+
+def test_me_without_erythroid_cells_is_empty_and_flagged_not_inf():
+    d = sample_differential("S", CLASSES, counts_of(NGS=300, LYT=200), CONFIG)
+    assert math.isnan(d.me_ratio) and math.isnan(d.me_low) and math.isnan(d.me_high)
+    assert FLAG_NO_ERYTHROID in d.flags
+    row = differential_table([d]).set_index("class").loc[ME_ROW]
+    assert math.isnan(row["percent"]) and FLAG_NO_ERYTHROID in row["flags"].split(";")
+    text = differential_table([d]).to_csv(index=False)
+    assert "inf" not in text
+
+
+def test_many_cells_below_review_confidence_are_flagged():
+    config = dataclasses.replace(CONFIG, review_flag_percent=25.0)
+    d = sample_differential("S", CLASSES, counts_of(LYT=490, EBO=10), config, needs_review=125)
+    assert d.review_percent == 25.0 and FLAG_REVIEW in d.flags
+    assert FLAG_REVIEW not in sample_differential("S", CLASSES, counts_of(LYT=490, EBO=10), config,
+                                                  needs_review=124).flags
+
+
+def test_a_poor_model_flags_the_sample():
+    d = sample_differential("S", CLASSES, counts_of(LYT=490, EBO=10), CONFIG, model_poor="balanced accuracy 0.4")
+    assert FLAG_MODEL_POOR in d.flags
+    assert FLAG_MODEL_POOR in differential_table([d])["flags"].iloc[0].split(";")
 
 
 def test_empty_sample_is_nan_not_an_error():
@@ -113,7 +157,9 @@ def test_table_rows_and_columns():
     ds = [sample_differential(s, CLASSES, counts_of(BLA=5, NGS=50, EBO=20, ART=3), CONFIG, needs_review=4)
           for s in ("A", "B")]
     df = differential_table(ds)
-    assert df.columns.tolist() == ["sample_id", "class", "count", "percent", "ci_low", "ci_high"]
+    assert df.columns.tolist() == COLUMNS
+    assert COLUMNS[:6] == ["sample_id", "class", "count", "percent", "ci_low", "ci_high"]  # today's, first
+    assert df["adjusted_percent"].isna().all()  # no validation record given
     assert len(df) == 2 * (len(CLASSES) + 3)
     a = df[df["sample_id"] == "A"].set_index("class")
     assert a.loc[NUCLEATED_ROW, "count"] == 75
@@ -122,7 +168,7 @@ def test_table_rows_and_columns():
     s = summary_table(ds)
     assert s["sample_id"].tolist() == ["A", "B"]
     assert s["needs_review"].tolist() == [4, 4]
-    assert s["flags"].tolist() == [FLAG_LOW_COUNT, FLAG_LOW_COUNT]
+    assert s["flags"].tolist() == [f"{FLAG_LOW_COUNT};{FLAG_NOT_ADJUSTED}"] * 2
 
 
 def test_groups_come_from_the_config():

@@ -99,7 +99,7 @@ def plot_reliability(path: Path, reliability: dict, ece: float, title: str) -> N
 
 
 def write_differential(path: Path, model_dir: Path, sample_id: str, y_true, probs: np.ndarray, labels,
-                       cfg=None):
+                       cfg=None, tta_views: int = 1):
     """differential.csv of the crops as one sample, with ``true_percent``; returns the DataFrame."""
     import math
 
@@ -113,7 +113,7 @@ def write_differential(path: Path, model_dir: Path, sample_id: str, y_true, prob
     labels = list(labels)
     y_true = np.asarray(y_true, int)
     counts = np.bincount(probs.argmax(axis=1), minlength=len(labels)) if len(probs) else np.zeros(len(labels), int)
-    card = read_model_card(model_dir)
+    card = read_model_card(model_dir, tta_views=tta_views)
     quantifier, missing = adjuster(card, labels, cfg)
     adjustment = None
     if quantifier is not None:
@@ -165,7 +165,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int 
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_differential(out_dir / "differential.csv", Path(model_dir), Path(data_dir).resolve().name or "data",
-                       data.labels, probs, labels)
+                       data.labels, probs, labels, tta_views=tta_views)
     plot_confusion(out_dir / "confusion_matrix.png", np.asarray(metrics["confusion_matrix"]["matrix"]), labels,
                    f"{Path(model_dir).name} on {Path(data_dir).name}: balanced accuracy "
                    f"{metrics['balanced_accuracy']:.3f}")

@@ -33,9 +33,9 @@ Public API::
 
     write_model_card(model_dir, *, val_paths, val_labels, calibrated, classes, train_counts,
                      balance, loss_weights=None, calibration="") -> Path
-    read_model_card(model_dir) -> ModelCard          # never raises for a missing card
-    store_card(out_dir, card) -> None                # into results.zarr/model_card/
-    load_stored_card(out_dir) -> ModelCard           # ModelCard(missing=...) when absent
+    read_model_card(model_dir, tta_views=None) -> ModelCard   # never raises for a missing card
+    store_card(out_dir, card) -> None                         # into results.zarr/model_card/
+    load_stored_card(out_dir) -> ModelCard                    # ModelCard(missing=...) when absent
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ import numpy as np
 log = logging.getLogger("slideproc.model_card")
 
 VALIDATION_CSV = "validation_predictions.csv"
+# Training's raw outputs of the validation split in each of 8 test-time views (train.py).
+VALIDATION_VIEWS_FILE = "validation_views.npz"
 CARD_JSON = "model_card.json"
 STORE_GROUP = "model_card"
 FORMAT = "slideproc-model-card/1"
@@ -124,7 +126,7 @@ def effective_training_prior(train_counts, balance: str, loss_weights=None) -> n
 
 
 def write_model_card(model_dir, *, val_paths, val_labels, calibrated, classes, train_counts, balance: str,
-                     loss_weights=None, calibration: str = "") -> Path:
+                     loss_weights=None, calibration: str = "", tta_views: int = 1) -> Path:
     """Write validation_predictions.csv and model_card.json into ``model_dir``; returns the json path.
 
     ``calibrated``: float (n, C) probabilities as ``run`` will report them; ``val_labels``: int (n,);
@@ -161,6 +163,8 @@ def write_model_card(model_dir, *, val_paths, val_labels, calibrated, classes, t
         "training_prior": {c: float(v) for c, v in zip(classes, prior)},
         "training_prior_reasoning": PRIOR_REASONING,
         "calibration": calibration,
+        # The probabilities of validation_predictions.csv average this many test-time views.
+        "tta_views": int(tta_views),
         "balanced_accuracy": m["balanced_accuracy"],
         "top1_accuracy": m["top1_accuracy"],
         "per_class": {c: {k: m["per_class"][c][k] for k in ("recall", "precision", "support")} for c in classes},
@@ -190,8 +194,29 @@ def _read_validation_csv(path: Path, labels: tuple[str, ...]) -> tuple[np.ndarra
     return df["true_class"].map(index).to_numpy(int), df[cols].to_numpy(np.float64)
 
 
-def read_model_card(model_dir) -> ModelCard:
-    """The card of MODEL_DIR; for an old or damaged one a card whose ``missing`` says why (never raises)."""
+def _views_record(model_dir: Path, labels: tuple[str, ...], views: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, calibrated probabilities) of the validation split for ``views`` test-time views, from
+    training's raw per-view outputs (validation_views.npz) and calibration.json; None without them."""
+    from .classify.calibration import CALIBRATION_FILE, calibrate, read_calibrations
+
+    npz, cal = model_dir / VALIDATION_VIEWS_FILE, model_dir / CALIBRATION_FILE
+    if not (npz.is_file() and cal.is_file()):
+        return None
+    with np.load(npz, allow_pickle=False) as data:
+        raw, y, classes = data["probabilities"], data["labels"], [str(c) for c in data["classes"]]
+    fits = read_calibrations(cal, len(labels))
+    if classes != list(labels) or views not in fits or raw.shape[0] < views:
+        return None
+    return np.asarray(y, int), np.asarray(calibrate(raw[:views].mean(axis=0), fits[views]), np.float64)
+
+
+def read_model_card(model_dir, tta_views: int | None = None) -> ModelCard:
+    """The card of MODEL_DIR; for an old or damaged one a card whose ``missing`` says why (never raises).
+
+    ``tta_views``: the number of test-time views ``run`` averages (classify.tta_views). The
+    validation probabilities must be calibrated as the cells' are: when it differs from the
+    record's, they are rebuilt from training's per-view outputs and calibrations.
+    """
     model_dir = Path(model_dir)
     try:
         labels = tuple(json.loads((model_dir / "labels.json").read_text(encoding="utf-8"))["labels"])
@@ -220,9 +245,20 @@ def read_model_card(model_dir) -> ModelCard:
     if not csv_path.is_file():
         return ModelCard(labels=labels, info=info, missing=MISSING_OLD_MODEL.format(file=VALIDATION_CSV),
                          model_dir=str(model_dir))
+    recorded_views = int(info.get("tta_views") or 1)
     try:
-        y, p = _read_validation_csv(csv_path, labels)
-    except (OSError, ValueError) as err:
+        rebuilt = (_views_record(model_dir, labels, tta_views)
+                   if tta_views is not None and tta_views != recorded_views else None)
+        if rebuilt is not None:
+            y, p = rebuilt
+            info = {**info, "tta_views": int(tta_views)}
+        else:
+            if tta_views is not None and tta_views != recorded_views:
+                log.warning("%s: validation predictions are for %d test-time view(s), the run uses %d and %s "
+                            "cannot rebuild them; the adjusted differential uses them as they are", model_dir,
+                            recorded_views, tta_views, VALIDATION_VIEWS_FILE)
+            y, p = _read_validation_csv(csv_path, labels)
+    except (OSError, ValueError, KeyError) as err:
         return ModelCard(labels=labels, info=info, model_dir=str(model_dir),
                          missing=f"adjusted differential not available: {err}")
     return ModelCard(labels=labels, y_val=y, p_val=p, info=info, model_dir=str(model_dir))
@@ -235,6 +271,8 @@ def store_card(out_dir, card: ModelCard) -> None:
     from .store import zarr_store
 
     root = zarr_store.store_path(out_dir)
+    for stale in root.glob(f".{STORE_GROUP}.*"):  # left by a crash during an earlier copy
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / STORE_GROUP
     tmp = root / f".{STORE_GROUP}.tmp-{uuid.uuid4().hex[:8]}"
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)

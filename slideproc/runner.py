@@ -182,7 +182,7 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             # The model's validation record goes with the results: `report` needs nothing else.
             from .model_card import read_model_card, store_card
 
-            store_card(out_dir, read_model_card(model_dir))
+            store_card(out_dir, read_model_card(model_dir, tta_views=cfg.classify.tta_views))
         resuming.say(work, out_dir)
 
         def on_sample_done(spec, cells, probs, crops, state):

@@ -243,3 +243,20 @@ def test_results_without_a_record_get_the_raw_differential_and_one_line(model_di
     shutil.rmtree(zarr_store.store_path(out) / "model_card")
     write_report(out)
     assert "no record of the model" in (out / "report" / "index.html").read_text()
+
+
+def test_the_record_follows_the_runs_test_time_views(model_dir):
+    from slideproc.classify.calibration import CALIBRATION_FILE, calibrate, read_calibrations
+
+    one = read_model_card(model_dir, tta_views=1)
+    four = read_model_card(model_dir, tta_views=4)
+    assert one.usable and four.usable and four.info["tta_views"] == 4
+    with np.load(model_dir / "validation_views.npz") as data:
+        raw, y = data["probabilities"], data["labels"]
+    fit = read_calibrations(model_dir / CALIBRATION_FILE, 3)[4]
+    assert (four.y_val == y).all()
+    assert four.p_val == pytest.approx(np.asarray(calibrate(raw[:4].mean(axis=0), fit), np.float64))
+    # One view: the CSV train wrote, calibrated as run's cells are with one view.
+    assert one.p_val == pytest.approx(np.asarray(calibrate(raw[:1].mean(axis=0),
+                                                           read_calibrations(model_dir / CALIBRATION_FILE, 3)[1]),
+                                                 np.float64), abs=1e-6)

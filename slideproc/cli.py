@@ -67,6 +67,15 @@ def _mpp(text: str) -> float:
     return value
 
 
+_CONFIG_HELP = ("YAML config (default: the packaged configs/default.yaml); an unknown key or a bad value "
+                "is exit 2 naming the key")
+_TRAIN_CONFIG_HELP = "YAML training config (default: the packaged configs/train.yaml; configs/train-cpu.yaml for CPUs)"
+_WORKERS_HELP = "local Dask worker processes (default: engine.workers, null = one per CPU core)"
+_OUT_HELP = "output folder (created; an existing one is resumed, see run --no-resume)"
+_INPUTS_HELP = "slide files, image folders (walked to any depth) or manifest.csv files"
+_SCHEDULER_HELP = ("address of an existing Dask scheduler, e.g. tcp://host:8786 (default: a local cluster; "
+                   "engine.connect_timeout_s bounds the wait)")
+
 _MPP_HELP = ("level-0 resolution of every input, um per pixel (0.02-2); overrides a manifest's mpp "
              "column and the files' own metadata (the log notes where they differ)")
 
@@ -87,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("synth", help="write a synthetic archive with ground truth")
-    s.add_argument("out_dir", type=Path)
+    s.add_argument("out_dir", type=Path, help="folder to write slides/, folders/, crops/, truth.csv, manifest.csv")
     s.add_argument("--samples", type=_positive_int, default=3, help="samples per kind (default 3)")
     s.add_argument("--cells", type=_positive_int, default=300,
                    help="nucleated cells per sample (default 300); with --kind crops, crops in all, balanced over classes")
     s.add_argument("--kind", choices=["slide", "folder", "crops", "both"], default="both",
                    help="slides, image folders, single-cell crops, or slides and folders (default)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed writes the same archive")
     s.add_argument("--size", type=_size, default=None, help="slide size W[xH] in level-0 pixels (default 4096x4096)")
     s.add_argument("--mpp", type=_positive_float, default=0.25, help="level-0 resolution, um/px (default 0.25)")
     s.add_argument("--cells-from", type=Path, default=None,
@@ -101,26 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_synth)
 
     s = sub.add_parser("info", help="describe slides and image folders: one line per sample (-v: per file)")
-    s.add_argument("paths", nargs="+", type=Path)
-    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("paths", nargs="+", type=Path, help=_INPUTS_HELP)
+    s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
     s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
     s.add_argument("-v", "--verbose", dest="details", action="count", default=0,
                    help="every file's format, levels, mpp, objective power and foreground")
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("plan", help="samples, files, resolved mpp and files left out, without reading pixels")
-    s.add_argument("inputs", nargs="+", type=Path)
-    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("inputs", nargs="+", type=Path, help=_INPUTS_HELP)
+    s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
     s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
     s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("detect", help="find nucleated cells, without a model")
-    s.add_argument("inputs", nargs="+", type=Path)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("inputs", nargs="+", type=Path, help=_INPUTS_HELP)
+    s.add_argument("--out", type=Path, required=True, help=_OUT_HELP)
+    s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
     s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
-    s.add_argument("--workers", type=_positive_int, default=None)
-    s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    s.add_argument("--workers", type=_positive_int, default=None, help=_WORKERS_HELP)
+    s.add_argument("--scheduler", default=None, help=_SCHEDULER_HELP)
     s.set_defaults(func=_cmd_detect)
 
     s = sub.add_parser("score-detection", help="score detections against a truth.csv (recall, precision, F1)")
@@ -134,27 +143,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_score_detection)
 
     s = sub.add_parser("train", help="train the InceptionResNetV2 classifier on class folders")
-    s.add_argument("data_dir", type=Path)
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--config", type=Path, default=None)
-    s.add_argument("--epochs", type=_positive_int, default=None)
-    s.add_argument("--batch-size", type=_positive_int, default=None)
-    s.add_argument("--input-size", type=_positive_int, default=None)
-    s.add_argument("--weights", default=None, help="imagenet | none | PATH")
-    s.add_argument("--val-fraction", type=float, default=None, help="share of each class held out (0-1)")
+    s.add_argument("data_dir", type=Path, help="class folders: DATA_DIR/<CLASS>/*.jpg|png|tif")
+    s.add_argument("--out", type=Path, required=True, help="MODEL_DIR to write (model.keras, labels.json, ...)")
+    s.add_argument("--config", type=Path, default=None, help=_TRAIN_CONFIG_HELP)
+    s.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (overrides training.epochs)")
+    s.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="crops per training step (overrides training.batch_size; 32 in Meem & Hasan 2023)")
+    s.add_argument("--input-size", type=_positive_int, default=None,
+                   help="network input, px per side (overrides model.input_size_px; 299 for InceptionResNetV2)")
+    s.add_argument("--weights", default=None,
+                   help="imagenet (from the Keras cache; no download here) | none (random initialisation) | "
+                        "PATH: an InceptionResNetV2 notop .h5 weights file, or a MODEL_DIR to start from")
+    s.add_argument("--val-fraction", type=float, default=None,
+                   help="share of each class held out for validation, 0-1 (default training.val_fraction, 0.2)")
     s.add_argument("--val-dir", type=Path, default=None, help="class-folder validation set (no split)")
     s.add_argument("--min-per-class", type=_positive_int, default=None,
                    help="leave out classes with fewer images (default 20, training.min_per_class; "
                         "the classes left out are named in the log and metrics.json)")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None,
+                   help="seed of the validation split, augmentation and initialisation (default training.seed, 0)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("evaluate", help="score a model on a class-folder data set (metrics.json, predictions.csv, "
                                         "differential.csv with true_percent)")
-    s.add_argument("model_dir", type=Path)
-    s.add_argument("data_dir", type=Path)
+    s.add_argument("model_dir", type=Path, help="MODEL_DIR written by slideproc train (or its model.keras)")
+    s.add_argument("data_dir", type=Path, help="class folders of crops the model did not train on")
     s.add_argument("--out", type=Path, default=None, help="EVAL_DIR (default MODEL_DIR/eval)")
-    s.add_argument("--batch-size", type=_positive_int, default=32)
+    s.add_argument("--batch-size", type=_positive_int, default=32, help="crops per forward pass (default 32)")
     s.add_argument("--config", type=Path, default=None,
                    help="run config whose classify.tta_views to use (default: the packaged configs/default.yaml)")
     s.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=None,
@@ -162,14 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("run", help="detect and classify every cell of an archive on Dask")
-    s.add_argument("inputs", nargs="+", type=Path)
+    s.add_argument("inputs", nargs="+", type=Path, help=_INPUTS_HELP)
     s.add_argument("--model", type=Path, required=True,
                    help="MODEL_DIR written by slideproc train (or its model.keras)")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--config", type=Path, default=None)
+    s.add_argument("--out", type=Path, required=True, help=_OUT_HELP)
+    s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
     s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
-    s.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
-    s.add_argument("--workers", type=_positive_int, default=None)
+    s.add_argument("--scheduler", default=None, help=_SCHEDULER_HELP)
+    s.add_argument("--workers", type=_positive_int, default=None, help=_WORKERS_HELP)
     s.add_argument("--no-resume", action="store_true",
                    help="redo this run's samples even where complete and unchanged (other samples in OUT_DIR "
                         "are kept; each is replaced once its new results are complete)")
@@ -183,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("demo", help="synthesize, train, run and report on a small archive")
-    s.add_argument("--out", type=Path, default=Path("demo-out"))
+    s.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
     s.set_defaults(func=_cmd_demo)
     return p
 

@@ -64,3 +64,50 @@ def test_readme_class_table_lists_the_21_classes_with_the_default_groups(group, 
     assert sorted(r[0] for r in rows) == sorted(MATEK_CLASSES)
     in_group = {r[0] for r in rows if r[2].startswith(group)}
     assert in_group == set(getattr(load_run_config(None).report, key))
+
+
+def _readme_command_lines() -> dict[str, str]:
+    """The README's `## Command line` block: each subcommand's usage (continuation lines joined)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Command line"):]
+    block = section[section.index("```") + 3:]
+    block = block[:block.index("```")]
+    usage: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        if line.startswith("slideproc "):
+            name = line.split()[1]
+            usage[name] = line
+        elif line.strip() and name:
+            usage[name] += " " + line.strip()
+    return usage
+
+
+def _subparsers():
+    import argparse
+
+    from slideproc.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_readme_and_help_list_the_same_subcommands_and_options():
+    """Every subcommand and long option of `--help` is in the README's usage block, and nothing more."""
+    usage = _readme_command_lines()
+    parsers = _subparsers()
+    assert sorted(usage) == sorted(parsers)
+    for name, sub in parsers.items():
+        written = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", usage[name]))
+        actions = [a for a in sub._actions if a.option_strings and "--help" not in a.option_strings]
+        missing = [a.option_strings for a in actions if not written & set(a.option_strings)]
+        known = {o for a in actions for o in a.option_strings}
+        assert missing == [] and written <= known, (name, missing, sorted(written - known))
+
+
+def test_every_option_has_help_and_resolution_options_give_their_unit():
+    for name, sub in _subparsers().items():
+        for action in sub._actions:
+            assert action.help, f"slideproc {name} {action.option_strings or action.dest}: no help text"
+            if any(o in ("--mpp", "--max-distance-um") for o in action.option_strings):
+                assert "um" in action.help, f"slideproc {name} {action.option_strings}: no unit in {action.help!r}"

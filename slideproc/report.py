@@ -339,7 +339,7 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
             _ci(diff.me_ratio, diff.me_low, diff.me_high, 2)
         if diff.erythroid == 0 and diff.n_nucleated:
             me = "<span class=meta>no erythroid cells</span>"
-        review = f"{diff.needs_review} ({_fmt(diff.review_percent, 0)} %)"
+        review = f"{diff.needs_review} ({_fmt(diff.review_percent, 1)} %)"
         rows.append(
             f"<tr class='sample{' flagged' if diff.flags else ''}' data-sample-id='{e(diff.sample_id)}'>"
             f"<td class=id><a href='#sample-{i}'>{e(diff.sample_id)}</a></td>"
@@ -368,7 +368,7 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
             f"<section class=sample id='sample-{i}'><h2>{e(diff.sample_id)}</h2>{banner}"
             f"<p class=meta>sources: {e(sources)} &middot; mpp {e(_mpp(attrs.get('mpp')))} &middot; "
             f"{diff.n_cells} cells counted, {diff.n_nucleated} nucleated, {diff.needs_review} "
-            f"({_fmt(diff.review_percent, 0)} %) below the review confidence</p>"
+            f"({_fmt(diff.review_percent, 1)} %) below the review confidence</p>"
             f"{flags}{_sample_table(diff, cfg)}{_img(pngs['differential'], f'differential of {diff.sample_id}')}"
             f"{_img(pngs['confidence'], f'confidence of {diff.sample_id}')}{gallery}</section>"
         )

@@ -222,7 +222,7 @@ def test_share_below_review_confidence_is_shown_and_flagged(tmp_path):
     assert summary.loc["P-01", "needs_review_percent"] == pytest.approx(share)
     assert FLAG_REVIEW in summary.loc["P-01", "flags"].split(";")
     page = (out / "report" / "index.html").read_text()
-    assert f"({share:.0f} %)" in page and "below the review confidence 0.9" in page
+    assert f"({share:.1f} %)" in page and "below the review confidence 0.9" in page
 
 
 def test_results_without_a_record_get_the_raw_differential_and_one_line(model_dir, tmp_path):

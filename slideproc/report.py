@@ -309,7 +309,9 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
             "probabilities and the classifier's measured confusions on its validation crops "
             f"({e(cfg.adjustment)}), which removes the systematic over- and under-counting of simply counting "
             "each cell's most likely class; their 95 % intervals cover both the sampling of cells and the "
-            "classifier's uncertainty (a bootstrap over the cells and the validation crops). <b>Raw</b> shares "
+            "classifier's uncertainty (a bootstrap over the cells and the validation crops). The adjustment "
+            "assumes the cells look like the validation crops (another class mix, not another stain, scanner "
+            "or resolution). <b>Raw</b> shares "
             "count each cell as its most likely class; their 95 % intervals (exact binomial, Clopper-Pearson) "
             "cover the sampling of cells only, as if the classifier never erred.</p>"
         )

@@ -161,9 +161,10 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             workers_seen = check_workers(client, str(Path(model.path) / "model.keras") if model else None,
                                          import_backend=bool(scheduler))
             dashboard = client.dashboard_link
-            log.info("Dask dashboard: %s", dashboard)
-            if progress:
+            if progress:  # one line, not the log's and this one both
                 print(f"slideproc: Dask dashboard at {dashboard}", flush=True)
+            else:
+                log.info("Dask dashboard: %s", dashboard)
 
         if work.todo:
             connect()  # before OUT_DIR exists: a wrong --scheduler or a bad worker writes nothing

@@ -464,9 +464,10 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
                      loss_weights=batches.weights if t.balance == "class_weight" else None,
                      calibration=info.get("calibration", ""), tta_views=t.tta_views)
     v = metrics["validation"]
-    log.info("validation: top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f (%s); 4 views: balanced "
-             "%.3f; wrote %s in %.1f min", v["top1_accuracy"], v["balanced_accuracy"], v["macro_f1"], v["ece"],
-             weights.describe(), by_views["4"]["balanced_accuracy"], out_dir, metrics["train_minutes"])
+    log.info("validation: top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f; 4 views: balanced "
+             "%.3f; initial weights: %s; wrote %s in %.1f min", v["top1_accuracy"], v["balanced_accuracy"],
+             v["macro_f1"], v["ece"], by_views["4"]["balanced_accuracy"], weights.describe(), out_dir,
+             metrics["train_minutes"])
     if near_chance:
         message = (f"the trained model is near chance: validation balanced accuracy {v['balanced_accuracy']:.3f} "
                    f"with {len(classes)} classes (chance {1 / len(classes):.3f}, near-chance threshold "

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_differential.py --val VAL_PREDICTIONS.csv --test TEST_PREDICTIONS.csv
     python benchmarks/bench_differential.py --val VAL_PREDICTIONS.csv --cross-fit   # method choice
+    python benchmarks/bench_differential.py --val VAL_PREDICTIONS.csv --test TEST_PREDICTIONS.csv --split-test
 
 VAL_PREDICTIONS.csv characterises the model (its validation predictions: MODEL_DIR/
 validation_predictions.csv, or `slideproc evaluate MODEL_DIR VAL_DIR`'s predictions.csv);
@@ -10,7 +11,10 @@ characterised the model (`slideproc evaluate MODEL_DIR /work/matek_split/test`):
 patients are drawn from. With --cross-fit there is no test file: the validation crops are
 cut in two halves (stratified, seeded); each half characterises the model while patients
 are drawn from the other, and the figures are pooled. Method choice uses this mode only,
-so the test crops never decide anything.
+so the test crops never decide anything. With --split-test the test crops are cut in two
+halves the same way; patients drawn from one half are estimated twice, with the model
+characterised on the other test half ("[test half]": crops that neither chose the epoch nor
+fitted the calibration) and on VAL ("[val]"), the same patients both times.
 
 A patient: a composition's class shares (percent of nucleated cells, over the model's
 nucleated classes) perturbed per patient (Dirichlet, concentration --concentration), then
@@ -123,8 +127,13 @@ def clopper_pearson(k: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def evaluate_methods(methods, char, test, labels, args, seed_offset=0) -> list[dict]:
-    """Per (method, composition, patient, class): estimate, interval, truth rows."""
+def evaluate_methods(methods, char, test, labels, args, seed_offset=0, tag="", mix=None) -> list[dict]:
+    """Per (method, composition, patient, class): estimate, interval, truth rows.
+
+    ``tag`` is appended to the method names (``emq-bcts [val]``); ``mix`` (labels (n,)) sets the
+    "training mix" composition (default: the characterisation labels). The patients drawn depend
+    only on ``test``, ``args`` and ``seed_offset``, so two calls that differ in ``char`` draw the
+    same patients (a paired comparison)."""
     y_val, p_val = char
     y_test, p_test = test
     C = len(labels)
@@ -141,7 +150,8 @@ def evaluate_methods(methods, char, test, labels, args, seed_offset=0) -> list[d
         print(f"  fitted {m} on {len(y_val)} validation crops in {time.perf_counter() - t0:.1f} s", flush=True)
     # The mix the model was characterised on (its validation split, here over nucleated
     # classes): the adjustment must not make such a sample worse.
-    val_mix = {labels[c]: float(np.sum(y_val == c)) for c in np.flatnonzero(nucleated)}
+    mix = y_val if mix is None else mix
+    val_mix = {labels[c]: float(np.sum(mix == c)) for c in np.flatnonzero(nucleated)}
     for name, comp in {**COMPOSITIONS, "training mix": val_mix}.items():
         nominal = composition_vector(comp, labels)
         rng = np.random.default_rng([args.seed + seed_offset, zlib.crc32(name.encode())])
@@ -163,7 +173,8 @@ def evaluate_methods(methods, char, test, labels, args, seed_offset=0) -> list[d
                     est = nucleated_shares(point, nucleated)
                     low, high = interval(nucleated_shares(reps, nucleated))
                 for c in np.flatnonzero(nucleated):
-                    rows.append({"method": m, "composition": name, "patient": patient, "class": labels[c],
+                    rows.append({"method": f"{m} [{tag}]" if tag and m != "cc" else m, "composition": name,
+                                 "patient": patient, "class": labels[c],
                                  "estimate": 100 * est[c], "counted": 100 * counted_n[c],
                                  "marrow": 100 * marrow_n[c], "low": 100 * low[c], "high": 100 * high[c]})
     return rows
@@ -205,12 +216,36 @@ def per_composition(df: pd.DataFrame) -> pd.DataFrame:
     return t.round(3)
 
 
+def stratified_halves(y: np.ndarray, seed: int) -> np.ndarray:
+    """bool (n,): True for a seeded half of each class (the smaller half when odd).
+
+    By class only: the Matek crops carry no slide or patient identifier, so a cut by source
+    image is not possible on them."""
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        half[idx[: len(idx) // 2]] = True
+    return half
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--val", type=Path, required=True, help="the model's validation predictions (CSV)")
     ap.add_argument("--test", type=Path, help="predictions on crops the model never saw (CSV)")
     ap.add_argument("--cross-fit", action="store_true", help="draw patients from one half of --val, "
                                                              "characterise on the other (method choice)")
+    ap.add_argument("--split-test", action="store_true",
+                    help="with --test: cut it in two stratified halves; patients drawn from one half are "
+                         "estimated with the model characterised on the other half and, paired, on --val "
+                         "(is a characterisation set that neither chose the epoch nor calibrated better?)")
+    ap.add_argument("--drawn-characterisation", type=int, default=0, metavar="R",
+                    help="with --test: R rounds in which the test crops are the population: the model is "
+                         "characterised on crops drawn from them with replacement, with --val's class counts "
+                         "times --characterisation-scale, and patients are drawn from them too (does the "
+                         "interval cover when the characterisation set is a fair sample of the patients' cells?)")
+    ap.add_argument("--characterisation-scale", type=float, default=1.0,
+                    help="with --drawn-characterisation: characterisation set size relative to --val's")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--patients", type=int, default=100, help="patients per composition")
     ap.add_argument("--cells", type=int, default=500, help="nucleated cells per patient")
@@ -225,11 +260,7 @@ def main() -> int:
     labels, y_val, p_val = read_predictions(args.val)
     t0 = time.perf_counter()
     if args.cross_fit:
-        rng = np.random.default_rng(args.seed)
-        half = np.zeros(len(y_val), bool)
-        for c in np.unique(y_val):
-            idx = rng.permutation(np.flatnonzero(y_val == c))
-            half[idx[: len(idx) // 2]] = True
+        half = stratified_halves(y_val, args.seed)
         rows = []
         for k, (a, b) in enumerate(((half, ~half), (~half, half))):
             print(f"cross-fit {k + 1}/2: characterise on {a.sum()}, draw from {b.sum()} crops", flush=True)
@@ -241,8 +272,34 @@ def main() -> int:
         test_labels, y_test, p_test = read_predictions(args.test)
         if test_labels != labels:
             ap.error(f"{args.test} has classes {test_labels}, {args.val} {labels}")
-        rows = evaluate_methods(methods, (y_val, p_val), (y_test, p_test), labels, args)
-        source = f"patients from {args.test}, model characterised on {args.val}"
+        if args.drawn_characterisation:
+            rows = []
+            want = np.round(np.bincount(y_val, minlength=len(labels)) * args.characterisation_scale).astype(int)
+            for k in range(args.drawn_characterisation):
+                rng = np.random.default_rng([args.seed, 3, k])
+                idx = np.concatenate([rng.choice(np.flatnonzero(y_test == c), size=n, replace=True)
+                                      for c, n in enumerate(want) if n and np.any(y_test == c)])
+                print(f"drawn characterisation {k + 1}/{args.drawn_characterisation}: {len(idx)} crops drawn from "
+                      f"the {len(y_test)} test crops, patients from all of them", flush=True)
+                rows += evaluate_methods(methods, (y_test[idx], p_test[idx]), (y_test, p_test), labels, args, k,
+                                         tag="drawn", mix=y_val)
+            source = (f"{args.test} as the population: characterised on {args.drawn_characterisation} draws of "
+                      f"{int(want.sum())} of its crops, patients drawn from it")
+        elif args.split_test:
+            half = stratified_halves(y_test, args.seed)
+            rows = []
+            for k, (a, b) in enumerate(((half, ~half), (~half, half))):
+                print(f"split-test {k + 1}/2: patients from {b.sum()} test crops; characterise on the other "
+                      f"{a.sum()} test crops, then on the {len(y_val)} of --val", flush=True)
+                rows += evaluate_methods(methods, (y_test[a], p_test[a]), (y_test[b], p_test[b]), labels, args,
+                                         k, tag="test half", mix=y_val)
+                rows += evaluate_methods([m for m in methods if m != "cc"], (y_val, p_val),
+                                         (y_test[b], p_test[b]), labels, args, k, tag="val", mix=y_val)
+            source = (f"patients from halves of {args.test}, model characterised on the other half "
+                      f"[test half] or on {args.val} [val]")
+        else:
+            rows = evaluate_methods(methods, (y_val, p_val), (y_test, p_test), labels, args)
+            source = f"patients from {args.test}, model characterised on {args.val}"
     df = pd.DataFrame(rows)
     summary = summarise(df)
     pd.set_option("display.width", 250)

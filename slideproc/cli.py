@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run config whose classify.tta_views to use (default: the packaged configs/default.yaml)")
     s.add_argument("--tta-views", type=int, choices=(1, 2, 4, 8), default=None,
                    help="test-time views averaged per crop (overrides the config's classify.tta_views)")
+    s.add_argument("--characterise", action="store_true",
+                   help="then make DATA_DIR's crops the model's record of its errors for the adjusted differential "
+                        "(MODEL_DIR/validation_predictions.csv and model_card.json; training's kept as *.train.*): "
+                        "labelled crops from your own slides, every class, that the model did not train on")
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("run", help="detect and classify every cell of an archive on Dask")
@@ -329,7 +333,8 @@ def _cmd_evaluate(args) -> int:
     from .evaluate import evaluate
 
     out = args.out if args.out is not None else args.model_dir / "eval"
-    evaluate(args.model_dir, args.data_dir, out, batch_size=args.batch_size, tta_views=views)
+    evaluate(args.model_dir, args.data_dir, out, batch_size=args.batch_size, tta_views=views,
+             characterise=args.characterise)
     return 0
 
 

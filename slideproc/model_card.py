@@ -24,6 +24,14 @@ validation predictions, which makes the posteriors relative to the validation mi
 construction (the NLL-optimal biases make the mean posterior equal the label frequencies),
 and BENCHMARKS.md measures that choice against the recorded prior.
 
+**Re-characterisation.** The validation split is small (about 60 crops per class with the
+shipped recipe) and it chose the best epoch and fitted the calibration. ``slideproc evaluate
+MODEL_DIR DATA_DIR --characterise`` makes DATA_DIR's labelled crops (a lab's own, from its
+own slides and stain) the record instead (``recharacterise``): the same two files, with
+``record`` saying what the crops are; training's own record is kept once as
+``validation_predictions.train.csv`` / ``model_card.train.json``. The class shares' error
+and interval width shrink with the number of record crops per class (BENCHMARKS.md).
+
 ``run`` copies the card into ``results.zarr/model_card/`` (``store_card``) so ``report`` needs
 nothing but OUT_DIR. A model directory written before this module has no
 ``validation_predictions.csv``: its card carries the quality figures of ``metrics.json``
@@ -32,7 +40,8 @@ where present, and ``missing`` says why no adjusted differential can be made.
 Public API::
 
     write_model_card(model_dir, *, val_paths, val_labels, calibrated, classes, train_counts,
-                     balance, loss_weights=None, calibration="") -> Path
+                     balance, loss_weights=None, calibration="", tta_views=1, record=...) -> Path
+    recharacterise(model_dir, *, paths, labels, calibrated, source, tta_views=1) -> Path
     read_model_card(model_dir, tta_views=None) -> ModelCard   # never raises for a missing card
     store_card(out_dir, card) -> None                         # into results.zarr/model_card/
     load_stored_card(out_dir) -> ModelCard                    # ModelCard(missing=...) when absent
@@ -54,6 +63,11 @@ import numpy as np
 log = logging.getLogger("slideproc.model_card")
 
 VALIDATION_CSV = "validation_predictions.csv"
+# Training's own record, kept once when evaluate --characterise replaces it.
+TRAIN_VALIDATION_CSV = "validation_predictions.train.csv"
+TRAIN_CARD_JSON = "model_card.train.json"
+RECORD_VALIDATION = ("validation split: held out from training, but it chose the best epoch and fitted the "
+                     "calibration")
 # Training's raw outputs of the validation split in each of 8 test-time views (train.py).
 VALIDATION_VIEWS_FILE = "validation_views.npz"
 CARD_JSON = "model_card.json"
@@ -126,11 +140,13 @@ def effective_training_prior(train_counts, balance: str, loss_weights=None) -> n
 
 
 def write_model_card(model_dir, *, val_paths, val_labels, calibrated, classes, train_counts, balance: str,
-                     loss_weights=None, calibration: str = "", tta_views: int = 1) -> Path:
+                     loss_weights=None, calibration: str = "", tta_views: int = 1,
+                     record: str = RECORD_VALIDATION, source: str = "") -> Path:
     """Write validation_predictions.csv and model_card.json into ``model_dir``; returns the json path.
 
     ``calibrated``: float (n, C) probabilities as ``run`` will report them; ``val_labels``: int (n,);
-    ``train_counts``: images per class in the training split (C,) or {class: count}.
+    ``train_counts``: images per class in the training split (C,) or {class: count}; ``record``:
+    what the crops are (one line, kept in the card); ``source``: their folder, when not training's.
     """
     from .metrics import classification_metrics
 
@@ -169,14 +185,48 @@ def write_model_card(model_dir, *, val_paths, val_labels, calibrated, classes, t
         "top1_accuracy": m["top1_accuracy"],
         "per_class": {c: {k: m["per_class"][c][k] for k in ("recall", "precision", "support")} for c in classes},
         "confusion_matrix": m["confusion_matrix"],
-        "note": "figures on the validation split, which training held out but used to pick the best epoch "
-                "and to fit the calibration",
+        "record": record,
+        "note": f"figures on the record's crops ({record})",
     }
+    if source:
+        card["record_source"] = str(source)
     path = model_dir / CARD_JSON
     tmp = model_dir / f".{CARD_JSON}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def recharacterise(model_dir, *, paths, labels, calibrated, source, tta_views: int = 1) -> Path:
+    """Make labelled crops of ``source`` MODEL_DIR's record (``evaluate --characterise``); returns the json path.
+
+    ``labels``: int (n,) indices into the model's classes; ``calibrated``: float (n, C) as ``run``
+    reports them with ``tta_views`` views. Training's own record is renamed to the ``.train``
+    names the first time (never overwritten afterwards, so it can be restored by hand); the
+    training facts of its card (training counts, balancing, calibration) are carried over.
+    Raises ValueError when ``labels`` miss a class (the methods need every class's errors) and
+    OSError when MODEL_DIR cannot be written.
+    """
+    model_dir = Path(model_dir)
+    classes = json.loads((model_dir / "labels.json").read_text(encoding="utf-8"))["labels"]
+    y = np.asarray(labels, int)
+    absent = [c for c, k in zip(classes, np.bincount(y, minlength=len(classes))) if k == 0]
+    if absent:
+        raise ValueError(f"{source} has no crops of class(es) {', '.join(absent)}; a record needs every class the "
+                         f"model knows (its errors on each)")
+    base = model_dir / CARD_JSON
+    if (model_dir / TRAIN_CARD_JSON).is_file():
+        base = model_dir / TRAIN_CARD_JSON
+    old = json.loads(base.read_text(encoding="utf-8")) if base.is_file() else {}
+    for name, kept in ((VALIDATION_CSV, TRAIN_VALIDATION_CSV), (CARD_JSON, TRAIN_CARD_JSON)):
+        if (model_dir / name).is_file() and not (model_dir / kept).exists():
+            os.replace(model_dir / name, model_dir / kept)
+    return write_model_card(model_dir, val_paths=paths, val_labels=y, calibrated=calibrated, classes=classes,
+                            train_counts=old.get("train_counts") or [0] * len(classes),
+                            balance=old.get("balance", "unknown"), loss_weights=old.get("loss_weights"),
+                            calibration=old.get("calibration", ""), tta_views=tta_views,
+                            record="labelled crops given to slideproc evaluate --characterise: they neither "
+                                   "trained the model nor chose its epoch or calibration", source=str(source))
 
 
 def _read_validation_csv(path: Path, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -246,17 +296,21 @@ def read_model_card(model_dir, tta_views: int | None = None) -> ModelCard:
         return ModelCard(labels=labels, info=info, missing=MISSING_OLD_MODEL.format(file=VALIDATION_CSV),
                          model_dir=str(model_dir))
     recorded_views = int(info.get("tta_views") or 1)
+    # Training's per-view outputs describe its validation split: only that record can be rebuilt.
+    of_validation = not info.get("record_source")
     try:
         rebuilt = (_views_record(model_dir, labels, tta_views)
-                   if tta_views is not None and tta_views != recorded_views else None)
+                   if tta_views is not None and tta_views != recorded_views and of_validation else None)
         if rebuilt is not None:
             y, p = rebuilt
             info = {**info, "tta_views": int(tta_views)}
         else:
             if tta_views is not None and tta_views != recorded_views:
-                log.warning("%s: validation predictions are for %d test-time view(s), the run uses %d and %s "
-                            "cannot rebuild them; the adjusted differential uses them as they are", model_dir,
-                            recorded_views, tta_views, VALIDATION_VIEWS_FILE)
+                log.warning("%s: the record's predictions are for %d test-time view(s), the run uses %d and %s; "
+                            "the adjusted differential uses them as they are", model_dir, recorded_views, tta_views,
+                            f"{VALIDATION_VIEWS_FILE} cannot rebuild them" if of_validation else
+                            f"they came from {info.get('record_source')} (evaluate --characterise with "
+                            f"--tta-views {tta_views} matches them)")
             y, p = _read_validation_csv(csv_path, labels)
     except (OSError, ValueError, KeyError) as err:
         return ModelCard(labels=labels, info=info, model_dir=str(model_dir),

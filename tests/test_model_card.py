@@ -260,3 +260,57 @@ def test_the_record_follows_the_runs_test_time_views(model_dir):
     assert one.p_val == pytest.approx(np.asarray(calibrate(raw[:1].mean(axis=0),
                                                            read_calibrations(model_dir / CALIBRATION_FILE, 3)[1]),
                                                  np.float64), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# evaluate --characterise: a lab's own labelled crops become the record
+# ----------------------------------------------------------------------------
+def test_evaluate_characterise_makes_the_labs_crops_the_record(model_dir, tmp_path, capsys):
+    from slideproc.model_card import TRAIN_CARD_JSON, TRAIN_VALIDATION_CSV
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    train_csv, train_card = (model / VALIDATION_CSV).read_bytes(), (model / CARD_JSON).read_bytes()
+    lab = write_class_folders(tmp_path / "lab", 5, seed=31, classes=["AAA", "BBB", "CCC"])
+    for p in sorted((lab / "CCC").rglob("*.png"))[2:]:
+        p.unlink()  # 5 AAA, 5 BBB, 2 CCC
+    plain = tmp_path / "plain"
+    assert main(["-q", "evaluate", str(model), str(lab), "--out", str(plain), "--batch-size", "4"]) == 0
+    out = tmp_path / "eval"
+    assert main(["-q", "evaluate", str(model), str(lab), "--out", str(out), "--batch-size", "4",
+                 "--characterise"]) == 0
+    # This evaluate's differential still used training's record: the same as without --characterise.
+    pd.testing.assert_frame_equal(pd.read_csv(out / "differential.csv"), pd.read_csv(plain / "differential.csv"))
+    preds, record = pd.read_csv(out / "predictions.csv"), pd.read_csv(model / VALIDATION_CSV)
+    cols = ["p_AAA", "p_BBB", "p_CCC"]
+    assert record["path"].tolist() == preds["path"].tolist() and len(record) == 12
+    assert record["true_class"].tolist() == preds["true_class"].tolist()
+    assert record[cols].to_numpy() == pytest.approx(preds[cols].to_numpy(), abs=1e-8)
+    card, old = json.loads((model / CARD_JSON).read_text()), json.loads(train_card)
+    assert card["n_val"] == 12 and card["validation_counts"] == {"AAA": 5, "BBB": 5, "CCC": 2}
+    assert card["record_source"] == str(lab) and "evaluate --characterise" in card["record"]
+    assert card["train_counts"] == old["train_counts"] and card["balance"] == old["balance"]
+    assert card["training_prior"] == pytest.approx(old["training_prior"])
+    truth = preds["true_class"].map({"AAA": 0, "BBB": 1, "CCC": 2}).to_numpy()
+    predicted = preds[cols].to_numpy().argmax(axis=1)
+    assert card["confusion_matrix"]["matrix"] == [[int(((truth == i) & (predicted == j)).sum()) for j in range(3)]
+                                                  for i in range(3)]
+    # Training's own record is kept byte for byte, and not overwritten by a second characterisation.
+    assert (model / TRAIN_VALIDATION_CSV).read_bytes() == train_csv
+    assert (model / TRAIN_CARD_JSON).read_bytes() == train_card
+    # The cards read: the lab's crops, also for a run with other test-time views (training's
+    # per-view outputs describe its validation split, not these crops: never rebuilt from them).
+    one, four = read_model_card(model, tta_views=1), read_model_card(model, tta_views=4)
+    assert one.usable and (one.y_val == truth).all()
+    assert (four.y_val == truth).all() and four.p_val == pytest.approx(one.p_val)
+    again = write_class_folders(tmp_path / "lab2", 3, seed=32, classes=["AAA", "BBB", "CCC"])
+    assert main(["-q", "evaluate", str(model), str(again), "--out", str(tmp_path / "e2"), "--characterise"]) == 0
+    assert json.loads((model / CARD_JSON).read_text())["n_val"] == 9
+    assert (model / TRAIN_VALIDATION_CSV).read_bytes() == train_csv
+    # A set without one of the model's classes: exit 2 before predicting, the record untouched.
+    shutil.rmtree(again / "CCC")
+    before = (model / VALIDATION_CSV).read_bytes()
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(model), str(again), "--out", str(tmp_path / "e3"), "--characterise"]) == 2
+    assert "no crops of class(es) CCC" in capsys.readouterr().err
+    assert (model / VALIDATION_CSV).read_bytes() == before and not (tmp_path / "e3").exists()

@@ -252,8 +252,11 @@ class ReportConfig:
     # Example crops per class in the report's gallery (when crops were saved).
     gallery_per_class: int = 8
     # How the adjusted differential estimates class shares from the cells' calibrated
-    # probabilities and the model's validation record (quantify.py), or none (raw only).
-    adjustment: str = "emq-bcts"
+    # probabilities and the model's record (quantify.py), or none (raw only). pacc: it
+    # assumes only that the class mix changed; EM methods also need the calibrated scores
+    # to be true posteriors, and miss blasts in blast-rich marrows even with a perfect
+    # record (BENCHMARKS.md, "The differential").
+    adjustment: str = "pacc"
     # Bootstrap replicates of the adjusted intervals (validation set and cells resampled).
     adjustment_bootstrap: int = 200
     # A sample with at least this percent of its cells below review_confidence is flagged.

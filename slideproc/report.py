@@ -84,6 +84,15 @@ def adjuster(card: model_card.ModelCard, class_names, cfg: ReportConfig):
         return None, f"adjusted differential not available: {err}"
 
 
+def _record_words(card) -> str:
+    """What the model's record is, in a few words for the report page."""
+    info = card.info if card is not None else {}
+    n = f"{info['n_val']} " if isinstance(info.get("n_val"), int) else ""
+    if info.get("record_source"):
+        return f"{n}crops from {info['record_source']} given to evaluate --characterise"
+    return f"its {n}validation crops"
+
+
 def model_poor(card: model_card.ModelCard, cfg: ReportConfig) -> str:
     """One line when the model's validation figures are below the configured minimums, else ""."""
     reasons = []
@@ -270,7 +279,6 @@ def _model_line(root_attrs: dict, card: model_card.ModelCard | None, cfg: Report
     name = Path(card.model_dir).name if card is not None and card.model_dir else "model"
     parts = [f"Model <b>{e(name)}</b> (sha256 <code>{e(sha)}</code>)"]
     if card is not None and card.balanced_accuracy is not None:
-        n_val = card.info.get("n_val")
         recalls = []
         order = [cfg.blast_class] + [c for c in card.labels if c != cfg.blast_class]
         for c in order:
@@ -279,7 +287,7 @@ def _model_line(root_attrs: dict, card: model_card.ModelCard | None, cfg: Report
                 recalls.append(f"{'<b>' if c == cfg.blast_class else ''}{e(c)} {r:.2f}"
                                f"{'</b>' if c == cfg.blast_class else ''}")
         parts.append(
-            f"on its validation crops{f' ({n_val})' if n_val else ''}, which it did not train on: balanced "
+            f"on {e(_record_words(card))}, which it did not train on: balanced "
             f"accuracy <b>{card.balanced_accuracy:.2f}</b>; recall per class (share of each class's cells it "
             f"calls right): {', '.join(recalls)}"
         )
@@ -306,11 +314,11 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
     if adjusted_any:
         about = (
             "<p class=about><b>Adjusted</b> shares (shown first) are estimated from every cell's calibrated "
-            "probabilities and the classifier's measured confusions on its validation crops "
-            f"({e(cfg.adjustment)}), which removes the systematic over- and under-counting of simply counting "
+            "probabilities and the classifier's measured confusions on the labelled crops that characterise it "
+            f"({e(cfg.adjustment)}; {e(_record_words(card))}), which removes the systematic over- and under-counting of simply counting "
             "each cell's most likely class; their 95 % intervals cover both the sampling of cells and the "
-            "classifier's uncertainty (a bootstrap over the cells and the validation crops). The adjustment "
-            "assumes the cells look like the validation crops (another class mix, not another stain, scanner "
+            "classifier's uncertainty (a bootstrap over the cells and those crops). The adjustment "
+            "assumes the cells look like those crops (another class mix, not another stain, scanner "
             "or resolution). <b>Raw</b> shares "
             "count each cell as its most likely class; their 95 % intervals (exact binomial, Clopper-Pearson) "
             "cover the sampling of cells only, as if the classifier never erred.</p>"

@@ -303,6 +303,11 @@ def test_evaluate_characterise_makes_the_labs_crops_the_record(model_dir, tmp_pa
     one, four = read_model_card(model, tta_views=1), read_model_card(model, tta_views=4)
     assert one.usable and (one.y_val == truth).all()
     assert (four.y_val == truth).all() and four.p_val == pytest.approx(one.p_val)
+    # The report says which crops its figures and adjustment come from.
+    from slideproc.report import _record_words
+    assert _record_words(one) == f"12 crops from {lab} given to evaluate --characterise"
+    n_val = len(pd.read_csv(model_dir / VALIDATION_CSV))
+    assert _record_words(read_model_card(model_dir)) == f"its {n_val} validation crops"
     again = write_class_folders(tmp_path / "lab2", 3, seed=32, classes=["AAA", "BBB", "CCC"])
     assert main(["-q", "evaluate", str(model), str(again), "--out", str(tmp_path / "e2"), "--characterise"]) == 0
     assert json.loads((model / CARD_JSON).read_text())["n_val"] == 9

@@ -13,7 +13,10 @@ PBC (CellaVision) ~360x363, Raabin-WBC 575x575. Labels are YOLO boxes, classes
 
 with each field's mpp from its own red-cell boxes: 7.5 um over the median
 longer side of the RBC boxes clear of the field's edge (a field with fewer
-than 3 such boxes takes its source's median).
+than 3 such boxes takes its source's median), and with ``--mpp auto`` each
+field's mpp estimated from its red cells as ``--mpp auto`` does
+(slideproc.mpp_estimate): then also how often the estimate lies within 10 %
+(and 20 %) of the field's own box mpp, refused fields counting as misses.
 
 ``--config`` runs detection with a run config (e.g. the default, or
 configs/blood-grey-red-cells.yaml for films whose red cells stain grey-violet).
@@ -84,7 +87,7 @@ def fields(data: Path, split: str, sources, limit: int | None):
 
 def _one(job):
     """Detect one field at one resolution; its box hits (and estimate, for auto)."""
-    img, label, src, (w, h), mode, mpp_boxes, overrides, config = job
+    img, label, src, (w, h), mode, mpp_boxes, own_boxes, overrides, config = job
     from slideproc.config import load_run_config, with_overrides
     from slideproc.detect import detect_source
     from slideproc.detection_eval import box_hits
@@ -93,8 +96,23 @@ def _one(job):
     cfg = load_run_config(config)
     cfg = with_overrides(cfg, overrides) if overrides else cfg
     boxes, classes = read_boxes(label, w, h)
-    row = {"field": img.name, "source": src, "mode": mode, "mpp_boxes": mpp_boxes}
+    row = {"field": img.name, "source": src, "mode": mode, "mpp_boxes": mpp_boxes, "own_boxes": own_boxes}
     mpp = mpp_boxes
+    if mode == "auto":  # what --mpp auto does: the field's resolution from its red cells
+        import numpy as np
+        from PIL import Image
+
+        from slideproc.errors import MppEstimateError
+        from slideproc.mpp_estimate import estimate_mpp
+
+        try:
+            mpp = estimate_mpp(np.asarray(Image.open(img).convert("RGB")), where=img.name).mpp
+        except MppEstimateError as err:
+            # A refused field fails its sample: its white cells count as missed.
+            row.update(error=str(err), detections=0)
+            for c in CLASS_NAMES:
+                row[f"{c}_hit"], row[f"{c}_n"] = 0, int((classes == c).sum())
+            return row
     row["mpp"] = mpp
     df = detect_source(SourceRef(str(img), img.name, "image", mpp), cfg)
     hits = box_hits(df[["x", "y"]].to_numpy(), boxes, classes)
@@ -110,9 +128,18 @@ def summarise(rows: list[dict]) -> dict:
         ok = [r for r in grp if "error" not in r]
         s = {"fields": len(grp), "refused": len(grp) - len(ok), "detections": sum(r["detections"] for r in ok)}
         for c in CLASS_NAMES:
-            k, n = sum(r[f"{c}_hit"] for r in ok), sum(r[f"{c}_n"] for r in ok)
+            # over every field: a refused one (auto) has no hit
+            k, n = sum(r.get(f"{c}_hit", 0) for r in grp), sum(r.get(f"{c}_n", 0) for r in grp)
             s[c] = f"{k}/{n}"
             s[f"{c}_rate"] = round(k / n, 4) if n else None
+        if mode == "auto":
+            # The estimate against the field's own box mpp (fields with >= 3 clear red-cell boxes);
+            # a refused field counts as a miss.
+            own = [r for r in grp if r["own_boxes"]]
+            s["mpp_within_10pct"] = f"{sum('error' not in r and abs(r['mpp'] / r['mpp_boxes'] - 1) <= 0.10 for r in own)}/{len(own)}"
+            s["mpp_within_20pct"] = f"{sum('error' not in r and abs(r['mpp'] / r['mpp_boxes'] - 1) <= 0.20 for r in own)}/{len(own)}"
+            ratios = [r["mpp"] / r["mpp_boxes"] for r in own if "error" not in r]
+            s["mpp_ratio_median"] = round(float(np.median(ratios)), 3) if ratios else None
         s["targets_met"] = bool(s["WBC_rate"] is not None and s["WBC_rate"] >= 0.95
                                 and (s["RBC_rate"] or 0) <= 0.05 and (s["Platelet_rate"] or 0) <= 0.10)
         out[f"{src}/{mode}"] = s
@@ -131,7 +158,8 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=REAL / "txl_pbc")
     p.add_argument("--split", default="val", choices=["train", "val"])
     p.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
-    p.add_argument("--mpp", nargs="+", default=["boxes"], choices=["boxes"])
+    p.add_argument("--mpp", nargs="+", default=["boxes"], choices=["boxes", "auto"],
+                   help="boxes: each field's mpp from its red-cell boxes; auto: estimated as --mpp auto does")
     p.add_argument("--limit", type=int, default=None, help="at most N fields per source, spread evenly")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--config", type=Path, default=None, help="run config (default: the packaged default)")
@@ -150,7 +178,7 @@ def main() -> int:
         mpps.append(box_mpp(*read_boxes(label, w, h), w, h))
     median = {s: float(np.median([m for m, t in zip(mpps, todo) if t[2] == s and m])) for s in args.sources
               if any(m for m, t in zip(mpps, todo) if t[2] == s)}
-    jobs = [(img, label, src, size, mode, m or median[src], overrides, args.config)
+    jobs = [(img, label, src, size, mode, m or median[src], m is not None, overrides, args.config)
             for mode in args.mpp for (img, label, src, size), m in zip(todo, mpps)]
     if args.jobs > 1:
         from multiprocessing import get_context
@@ -171,7 +199,8 @@ def main() -> int:
     else:
         record("txl_detection", data)
     for key, s in summary.items():
-        extra = ""
+        extra = (f"  mpp within 10 % {s['mpp_within_10pct']} (20 %: {s['mpp_within_20pct']}), refused {s['refused']}"
+                 if "mpp_within_10pct" in s else "")
         print(f"{key:14s} WBC {s['WBC']:>9s}  RBC false {s['RBC']:>9s}  platelet false {s['Platelet']:>7s}"
               f"  dets {s['detections']}{extra}")
     return 0

@@ -54,10 +54,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _mpp(text: str) -> float:
-    """--mpp for detect/run/info/plan: a plausible level-0 resolution in um/px."""
+def _mpp(text: str) -> float | str:
+    """--mpp for detect/run/info/plan: a plausible level-0 resolution in um/px, or ``auto``."""
     from .sources.mpp import MPP_RANGE_UM
 
+    if text.strip().lower() == "auto":
+        return "auto"
     value = _positive_float(text)
     lo, hi = MPP_RANGE_UM
     if not lo <= value <= hi:
@@ -77,7 +79,9 @@ _SCHEDULER_HELP = ("address of an existing Dask scheduler, e.g. tcp://host:8786 
                    "engine.connect_timeout_s bounds the wait)")
 
 _MPP_HELP = ("level-0 resolution of every input, um per pixel (0.02-2); overrides a manifest's mpp "
-             "column and the files' own metadata (the log notes where they differ)")
+             "column and the files' own metadata (the log notes where they differ). 'auto': files "
+             "without a resolution (in their metadata or the manifest) get one estimated from their "
+             "red cells (7.5 um across)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="describe slides and image folders: one line per sample (-v: per file)")
     s.add_argument("paths", nargs="+", type=Path, help=_INPUTS_HELP)
     s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
-    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
+    s.add_argument("--mpp", type=_mpp, default=None, metavar="UM|auto", help=_MPP_HELP)
     s.add_argument("-v", "--verbose", dest="details", action="count", default=0,
                    help="every file's format, levels, mpp, objective power and foreground")
     s.set_defaults(func=_cmd_info)
@@ -120,14 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", help="samples, files, resolved mpp and files left out, without reading pixels")
     s.add_argument("inputs", nargs="+", type=Path, help=_INPUTS_HELP)
     s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
-    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
+    s.add_argument("--mpp", type=_mpp, default=None, metavar="UM|auto", help=_MPP_HELP)
     s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("detect", help="find nucleated cells, without a model")
     s.add_argument("inputs", nargs="+", type=Path, help=_INPUTS_HELP)
     s.add_argument("--out", type=Path, required=True, help=_OUT_HELP)
     s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
-    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
+    s.add_argument("--mpp", type=_mpp, default=None, metavar="UM|auto", help=_MPP_HELP)
     s.add_argument("--workers", type=_positive_int, default=None, help=_WORKERS_HELP)
     s.add_argument("--scheduler", default=None, help=_SCHEDULER_HELP)
     s.set_defaults(func=_cmd_detect)
@@ -186,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MODEL_DIR written by slideproc train (or its model.keras)")
     s.add_argument("--out", type=Path, required=True, help=_OUT_HELP)
     s.add_argument("--config", type=Path, default=None, help=_CONFIG_HELP)
-    s.add_argument("--mpp", type=_mpp, default=None, help=_MPP_HELP)
+    s.add_argument("--mpp", type=_mpp, default=None, metavar="UM|auto", help=_MPP_HELP)
     s.add_argument("--scheduler", default=None, help=_SCHEDULER_HELP)
     s.add_argument("--workers", type=_positive_int, default=None, help=_WORKERS_HELP)
     s.add_argument("--no-resume", action="store_true",
@@ -233,7 +237,10 @@ def _load_run_config(args):
     from .config import load_run_config, with_overrides
 
     cfg = load_run_config(getattr(args, "config", None))
-    return with_overrides(cfg, {"source.mpp_um": getattr(args, "mpp", None)})
+    mpp = getattr(args, "mpp", None)
+    if mpp == "auto":
+        return with_overrides(cfg, {"source.mpp_um": None, "source.estimate_mpp": "red_cells"})
+    return with_overrides(cfg, {"source.mpp_um": mpp})
 
 
 def _cmd_info(args) -> int:

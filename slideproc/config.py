@@ -49,6 +49,10 @@ class SourceConfig:
     # Resolution used when a file carries none and neither --mpp nor the
     # manifest gives one. null = refuse (never guess).
     fallback_mpp_um: float | None = None
+    # A file with no resolution of its own (and none from --mpp or the
+    # manifest): "none" = fallback_mpp_um or refuse; "red_cells" = estimated
+    # from its red cells, 7.5 um across (slideproc.mpp_estimate; --mpp auto).
+    estimate_mpp: str = "none"
     # Largest plain image (jpg, png, striped tif, ...) decoded, in pixels
     # (width x height). Stitched microscope fields reach hundreds of megapixels;
     # 500 MP is 1.5 GB decoded (RGB), which a worker holds while it reads the
@@ -515,6 +519,8 @@ def _views(obj: Any, prefix: str) -> None:
 
 def _validate(obj: Any, prefix: str) -> None:
     """Range checks per section (types are already checked)."""
+    if isinstance(obj, SourceConfig) and obj.estimate_mpp not in ("none", "red_cells"):
+        raise ConfigError(f"config key '{prefix}.estimate_mpp' must be none or red_cells, got {obj.estimate_mpp!r}")
     if isinstance(obj, SourceConfig):
         _positive(obj, prefix, "working_mpp_um", "fallback_mpp_um", "mpp_um", "max_image_pixels")
         from .sources.mpp import MPP_RANGE_UM

@@ -61,3 +61,7 @@ class ImplausibleMppError(MissingMppError):
 class NonSquarePixelsError(MissingMppError):
     """A file's metadata gives different resolutions across and down (beyond rounding);
     slideproc does not resample per axis, and never averages them in silence."""
+
+
+class MppEstimateError(MissingMppError):
+    """``--mpp auto`` found too few red cells (or an implausible size) to estimate a source's resolution."""

@@ -56,7 +56,8 @@ def describe_source(ref, cfg: RunConfig) -> SourceInfo:
             info.notes.append(str(err))
             res = None
         if res is not None:
-            info.mpp, info.mpp_origin = res.mpp, _ORIGIN[res.source]
+            info.mpp, info.mpp_origin = res.mpp, (res.describe() if res.estimate is not None
+                                                  else _ORIGIN[res.source])
             if res.note:
                 info.notes.append(res.note)
             mask, _ = foreground_mask(reader, res.mpp, cfg.tiling,
@@ -71,7 +72,7 @@ def describe_source(ref, cfg: RunConfig) -> SourceInfo:
 
 # How `info` names each ResolvedMpp.source.
 _ORIGIN = {"user": "--mpp", "manifest": "manifest", "metadata": "file metadata",
-           "config fallback": "config fallback"}
+           "estimated": "estimated from red cells", "config fallback": "config fallback"}
 
 
 def format_sample_line(sample: SampleSpec, infos: list[SourceInfo]) -> str:

@@ -1,4 +1,5 @@
-"""What a run would process, without reading pixels: ``slideproc plan``.
+"""What a run would process, without reading pixels (but for ``--mpp auto``
+estimates, :mod:`slideproc.mpp_estimate`): ``slideproc plan``.
 
 :func:`plan_inputs` discovers the samples (sources/discover.py), opens each
 source from its header only (OpenSlide's properties, an image's header) and
@@ -37,6 +38,10 @@ class SourcePlan:
     format: str = ""
     mpp: float | None = None
     mpp_from: str = ""
+    # For an estimated mpp: red cells measured and the interquartile range
+    # (um/px) their diameters give.
+    red_cells: int | None = None
+    mpp_iqr: tuple[float, float] | None = None
     notes: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -67,7 +72,8 @@ class Plan:
 
 
 def plan_source(ref, cfg: RunConfig) -> SourcePlan:
-    """Header, dimensions and resolved mpp of one source (no pixels read)."""
+    """Header, dimensions and resolved mpp of one source (no pixels read, but for
+    an mpp estimated from the red cells: ``--mpp auto``)."""
     sp = SourcePlan(ref.name, ref.path, ref.reader)
     try:
         reader = open_source(ref, cfg.source.max_image_pixels)
@@ -80,6 +86,8 @@ def plan_source(ref, cfg: RunConfig) -> SourcePlan:
         sp.notes += list(getattr(reader, "conversions", []))
         res = resolve_mpp(reader, ref, cfg.source)
         sp.mpp, sp.mpp_from = res.mpp, res.source
+        if res.estimate is not None:
+            sp.red_cells, sp.mpp_iqr = res.estimate.n_cells, (res.estimate.low, res.estimate.high)
         if res.note:
             sp.notes.append(res.note)
         from .detect import check_holds_a_cell
@@ -138,6 +146,9 @@ def format_plan(plan: Plan) -> str:
         for s in sample.sources:
             dims = f"{s.dimensions[0]} x {s.dimensions[1]} px" if s.dimensions else ""
             mpp = f"{s.mpp:.4g} um/px ({s.mpp_from})" if s.mpp is not None else ""
+            if s.mpp_iqr is not None:
+                mpp = (f"{s.mpp:.4g} um/px (estimated from {s.red_cells} red cells, "
+                       f"IQR {s.mpp_iqr[0]:.4g}-{s.mpp_iqr[1]:.4g})")
             lines.append("  " + "  ".join(x for x in (s.name, s.format, dims, mpp) if x))
             for note in s.notes:
                 lines.append(f"    note: {note}")
@@ -156,6 +167,8 @@ def plan_record(plan: Plan) -> dict:
     return {
         "left_out": [{"path": p, "reason": why} for p, why in plan.left_out],
         "resolution": {s.sample_id: [{"source": x.name, "mpp": x.mpp, "mpp_from": x.mpp_from,
+                                      **({"red_cells": x.red_cells, "mpp_iqr": list(x.mpp_iqr)}
+                                         if x.mpp_iqr is not None else {}),
                                       **({"notes": x.notes} if x.notes else {})}
                                      for x in s.sources] for s in plan.samples},
     }

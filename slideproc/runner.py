@@ -132,8 +132,8 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
 
     out_dir = Path(out_dir)
     _check_inputs(inputs)
-    # Discovery and each source's resolution from headers (no pixels): bad
-    # manifests / id collisions are a UsageError before anything is written;
+    # Discovery and each source's resolution from headers (no pixels, but for
+    # --mpp auto estimates): bad manifests / id collisions are a UsageError before anything is written;
     # files left out and mpp overrides are logged here and kept for run.json.
     plan = plan_inputs(inputs, cfg)
     found = plan.discovery

@@ -27,6 +27,8 @@ class SourceRef:
     :func:`slideproc.sources.mpp.resolve_mpp` for the precedence).
     ``page``: for an image file with several pages (a multi-page TIFF), the
     0-based page this source is; its ``name`` is then ``file#N`` (N from 1).
+    ``estimate_mpp``: the manifest's mpp column says ``auto`` (estimate the
+    resolution from the red cells, :mod:`slideproc.mpp_estimate`).
     """
 
     path: str
@@ -34,6 +36,7 @@ class SourceRef:
     reader: str  # "openslide" | "image"
     mpp: float | None = None
     page: int | None = None
+    estimate_mpp: bool = False
 
 
 @runtime_checkable

@@ -9,7 +9,8 @@ any depth:
   decided by content) is one sample named after that folder; each page of a
   multi-page TIFF is a field (``file.tif#2``: page 2);
 - a ``manifest.csv`` (``sample_id,path[,mpp]``, given as an INPUT or found in a
-  walked folder) defines the samples of the files it lists, with their mpp;
+  walked folder) defines the samples of the files it lists, with their mpp
+  (a number in um/px, or ``auto``: estimated from the red cells);
   paths relative to the manifest. Files a manifest lists are not also taken by
   the folder rule; the rest of the folder is walked as usual;
 - two samples with the same sample_id are an error naming both paths.
@@ -26,6 +27,7 @@ happen later, per sample, so one bad file fails one sample, not the run.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -86,6 +88,11 @@ def _sanitize(name: str) -> str:
 
 def _visible(names) -> list[str]:
     return sorted(n for n in names if not n.startswith("."))
+
+
+def _auto(refs: list[SourceRef], auto: bool) -> list[SourceRef]:
+    """``refs`` marked to have their resolution estimated (manifest mpp ``auto``)."""
+    return [dataclasses.replace(r, estimate_mpp=True) for r in refs] if auto else refs
 
 
 def image_refs(path: Path, name: str, mpp: float | None, out: Discovery) -> list[SourceRef]:
@@ -268,7 +275,8 @@ def read_manifest(path: Path, out: Discovery) -> set[str]:
             raise UsageError(f"{where}: path {rel[:60]!r} holds a NUL character")
         mpp_text = (row.get("mpp") or "").strip()
         mpp = None
-        if mpp_text:
+        auto = mpp_text.lower() == "auto"  # estimate from the red cells
+        if mpp_text and not auto:
             try:
                 mpp = float(mpp_text)
             except ValueError:
@@ -295,14 +303,14 @@ def read_manifest(path: Path, out: Discovery) -> set[str]:
                                                  "list it on its own row to process it"))
             claimed |= {os.path.abspath(file / n) for n in names}
             for img in images:
-                by_sample.setdefault(sample_id, []).extend(image_refs(img, img.name, mpp, out))
+                by_sample.setdefault(sample_id, []).extend(_auto(image_refs(img, img.name, mpp, out), auto))
             continue
         kind = _manifest_kind(file)
         claimed.add(os.path.abspath(file))
         if kind == "image" and file.is_file():
-            by_sample.setdefault(sample_id, []).extend(image_refs(file, rel, mpp, out))
+            by_sample.setdefault(sample_id, []).extend(_auto(image_refs(file, rel, mpp, out), auto))
         else:
-            by_sample.setdefault(sample_id, []).append(SourceRef(os.path.abspath(file), rel, kind, mpp))
+            by_sample.setdefault(sample_id, []).extend(_auto([SourceRef(os.path.abspath(file), rel, kind, mpp)], auto))
     if not by_sample:
         raise UsageError(f"{path}: manifest lists no samples")
     for sample_id, refs in by_sample.items():

@@ -11,8 +11,14 @@
    centimetre; ImageJ's micron calibration). Refused when outside
    :data:`MPP_RANGE_UM` (an image editor's 72 dpi is 352.8 um/px) or when
    across and down differ beyond rounding;
-4. ``"config fallback"``: ``source.fallback_mpp_um``;
-5. otherwise :class:`MissingMppError` naming the file and the fixes.
+4. ``"estimated"``: from the source's own red cells
+   (:func:`slideproc.mpp_estimate.estimate_source_mpp`), when
+   ``source.estimate_mpp`` is ``red_cells`` (``--mpp auto``); also, before
+   metadata, when the manifest's mpp column says ``auto``. The only branch
+   that reads pixels; refused with :class:`MppEstimateError` (one line naming
+   the file) when the field holds too few red cells;
+5. ``"config fallback"``: ``source.fallback_mpp_um``;
+6. otherwise :class:`MissingMppError` naming the file and the fixes.
 
 Where 1 or 2 overrides metadata that says something else, the result carries a
 one-line ``note`` for the log. Adding a source (e.g. an estimate from the
@@ -37,7 +43,7 @@ MPP_RANGE_UM = (0.02, 2.0)
 # with rounding (0.2527 vs 0.2528); beyond it the pixels are not square.
 SQUARE_TOLERANCE = 0.01
 
-SOURCES = ("user", "manifest", "metadata", "config fallback")
+SOURCES = ("user", "manifest", "metadata", "estimated", "config fallback")
 
 
 @dataclass(frozen=True)
@@ -47,13 +53,23 @@ class ResolvedMpp:
     ``mpp``: um per pixel (float, > 0). ``source``: one of :data:`SOURCES`.
     ``note``: one line for the log when the chosen value overrides metadata
     that says otherwise (else ""). ``metadata``: what the file itself says,
-    (across, down) um/px, or None.
+    (across, down) um/px, or None. ``estimate``: for ``"estimated"``, the
+    :class:`~slideproc.mpp_estimate.MppEstimate` (red cells used, spread).
     """
 
     mpp: float
     source: str
     note: str = ""
     metadata: tuple[float, float] | None = None
+    estimate: object | None = None
+
+    def describe(self) -> str:
+        """Where the value came from, for ``plan``/``info``: the source name,
+        with the red-cell count and interquartile range when estimated."""
+        e = self.estimate
+        if e is None:
+            return self.source
+        return f"estimated from {e.n_cells} red cells, IQR {e.low:.4g}-{e.high:.4g}"
 
 
 def metadata_mpp(reader: SlideReader) -> tuple[float, float] | None:
@@ -80,11 +96,23 @@ def plausible(mpp: float) -> bool:
     return lo <= mpp <= hi
 
 
+def _estimated(reader: SlideReader, ref: SourceRef, meta) -> ResolvedMpp:
+    from ..mpp_estimate import estimate_source_mpp
+
+    est = estimate_source_mpp(reader, ref)
+    note = ""
+    if meta is not None:
+        note = f"{ref.path}: using {est.mpp:.4g} um/px estimated from red cells (manifest mpp auto); the file says {_show(meta)}"
+    return ResolvedMpp(est.mpp, "estimated", note, meta, est)
+
+
 def resolve_mpp(reader: SlideReader, ref: SourceRef, cfg: SourceConfig) -> ResolvedMpp:
     """The level-0 um/px ``ref`` is processed at (see the module docstring).
 
-    ``reader``: the open source (only its metadata is read, never pixels);
-    ``cfg``: the config's ``source`` section (``mpp_um``, ``fallback_mpp_um``).
+    ``reader``: the open source (only its metadata is read; pixels only for
+    an estimate);
+    ``cfg``: the config's ``source`` section (``mpp_um``, ``estimate_mpp``,
+    ``fallback_mpp_um``).
     Raises :class:`ImplausibleMppError` / :class:`NonSquarePixelsError` for
     metadata that cannot be used and nothing given over it, and
     :class:`MissingMppError` when nothing gives a resolution; each names the
@@ -103,6 +131,8 @@ def resolve_mpp(reader: SlideReader, ref: SourceRef, cfg: SourceConfig) -> Resol
                 said = f"{_show(meta)}{f' ({detail})' if detail else ''}"
                 note = f"{ref.path}: using {value:g} um/px from {how}; the file says {said}"
             return ResolvedMpp(value, source, note, meta)
+    if ref.estimate_mpp and not cfg.mpp_um:
+        return _estimated(reader, ref, meta)
     if meta is not None:
         fix = "give the true resolution with --mpp UM or an 'mpp' column in manifest.csv"
         said = f"{_show(meta)}{f' ({detail})' if detail else ''}"
@@ -118,9 +148,12 @@ def resolve_mpp(reader: SlideReader, ref: SourceRef, cfg: SourceConfig) -> Resol
                 f"{ref.path}: the file's resolution says {said}, which no brightfield microscope produces "
                 f"(expected {lo:g}-{hi:g} um/px); {fix}")
         return ResolvedMpp(value, "metadata", "", meta)
+    if cfg.estimate_mpp == "red_cells":
+        return _estimated(reader, ref, None)
     if cfg.fallback_mpp_um:
         return ResolvedMpp(float(cfg.fallback_mpp_um), "config fallback", "", None)
     raise MissingMppError(
         f"{ref.path}: no resolution (um per pixel) in the file; give it with --mpp UM, "
-        "an 'mpp' column in manifest.csv, or source.fallback_mpp_um in the config"
+        "an 'mpp' column in manifest.csv, or source.fallback_mpp_um in the config, or estimate it "
+        "from the red cells with --mpp auto"
     )

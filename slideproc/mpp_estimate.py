@@ -12,9 +12,9 @@ Maragos, IEEE TPAMI 11:701, 1989):
 
 1. Red cells against plasma and glass: the summed optical density (OD against
    the field's glass, :func:`slideproc.segment.glass_level`) above Otsu's
-   threshold, computed on the pixels that are not nuclear and clipped at the
-   99.5th percentile (a few saturated black pixels would otherwise pull the
-   threshold above every cell); holes filled (a red cell's pale centre).
+   threshold, computed on the pixels that are neither nuclear nor near-black
+   (a camera's black border would otherwise pull the threshold above every
+   cell); holes filled (a red cell's pale centre).
 2. Nuclear pixels (white cells, erythroblasts) and a 2-px rim around them are
    taken out. Nuclear = the nuclear channel of ``configs/blood-grey-red-cells
    .yaml`` above its Otsu threshold: min(OD_G - OD_B, 5 (OD_R - 0.5 OD_B)),
@@ -97,10 +97,14 @@ _MIN_WHOLE_CELLS = 3
 # stays >= ~12 px across on any field the range below admits, and the cost of
 # the opening ladder (two distance transforms per rung) stays ~1 s.
 _MAX_SIDE_PX = 1024
+# The coarse pass's longer side, and the typical radius the fine pass aims at (px).
+_COARSE_SIDE_PX, _FINE_RADIUS_PX = 256, 16.0
 # The ladder of opening radii, px: from 3 px, 4 % apart.
 _R_MIN_PX, _R_STEP = 3.0, 1.04
 # The mode is refined over values within this factor of it.
 _PEAK_WINDOW = 1.15
+# Summed OD (R + G + B) from which a pixel is near-black, not stain.
+_BLACK_OD = 2.0
 # Nuclear channel used to take white cells out (configs/blood-grey-red-cells.yaml).
 _NUCLEAR = SegmentConfig(nuclear_weights=(0.0, 1.0, -1.0), also_weights=(5.0, 0.0, -2.5))
 
@@ -143,13 +147,17 @@ def _masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     glass = np.asarray(stain.glass, np.float64)
     table = np.clip(np.log10((glass[:, None] + 1.0) / (np.arange(256)[None, :] + 1.0)), 0.0, None)
     total = table[0][rgb[..., 0]] + table[1][rgb[..., 1]] + table[2][rgb[..., 2]]
-    rest = total[~nuclear]
+    # Near-black pixels (summed OD >= 2, darker than any stained cell: a
+    # camera's black border or vignette, a label) would pull Otsu's threshold
+    # above every cell; they are neither red cells nor background here.
+    dark = total >= _BLACK_OD
+    rest = total[~nuclear & ~dark]
     if rest.size < 64:
         return np.zeros(total.shape, bool), nuclear
-    rest = np.minimum(rest[:: max(1, rest.size // 200_000)], np.percentile(rest, 99.5))
+    rest = rest[:: max(1, rest.size // 200_000)]
     if float(rest.max() - rest.min()) < 1e-6:
         return np.zeros(total.shape, bool), nuclear
-    cells = ndimage.binary_fill_holes(total > float(threshold_otsu(rest)))
+    cells = ndimage.binary_fill_holes((total > float(threshold_otsu(rest))) & ~dark)
     return cells & ~ndimage.binary_dilation(nuclear, iterations=2), nuclear
 
 
@@ -203,6 +211,23 @@ def whole_cell_diameters(mask: np.ndarray, r0: float) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
+def _typical_radius(mask: np.ndarray, rung: float, r_max: float):
+    """(r0 px, opening values within 15 % of the mode, all positive opening values)
+    of a red-cell mask, or None when the mask holds nothing (module docstring, 3-4)."""
+    radii = _R_MIN_PX * rung ** np.arange(200)
+    radii = radii[(radii < min(mask.shape) / 3) & (radii <= r_max)]
+    if not len(radii):
+        return None
+    values = opening_transform(mask, radii)[mask]
+    values = values[values > 0]
+    if values.size == 0:
+        return None
+    hist = np.bincount(np.searchsorted(radii, values), minlength=len(radii)).astype(np.float64)
+    mode = radii[int(np.argmax(ndimage.gaussian_filter1d(hist, 1.5)))]
+    near = values[(values >= mode / _PEAK_WINDOW) & (values <= mode * _PEAK_WINDOW)]
+    return float(np.median(near)), near, values
+
+
 def estimate_mpp(rgb: np.ndarray, min_red_cells: int = MIN_RED_CELLS, where: str = "field") -> MppEstimate:
     """mpp (um/px) of one uint8 (h, w, 3) field from its red cells (module docstring).
 
@@ -213,19 +238,23 @@ def estimate_mpp(rgb: np.ndarray, min_red_cells: int = MIN_RED_CELLS, where: str
     from .sources.mpp import MPP_RANGE_UM
 
     rgb = np.asarray(rgb, np.uint8)
-    step = max(1, int(np.ceil(max(rgb.shape[:2]) / _MAX_SIDE_PX)))
-    mask, nuclear = _masks(np.ascontiguousarray(rgb[::step, ::step]))
-    radii = _R_MIN_PX * _R_STEP ** np.arange(200)
-    radii = radii[radii < min(mask.shape) / 3]
     fix = "give the resolution with --mpp UM or an 'mpp' column in manifest.csv"
-    values = opening_transform(mask, radii)[mask] if len(radii) else np.zeros(0)
-    values = values[values > 0]
-    if values.size == 0:
+    # Two passes, for speed: the ladder costs two distance transforms per rung
+    # over every pixel, and a field at full size is ~30x the cost of detecting
+    # it. A coarse pass (longer side <= 256 px, 8 % rungs) finds the typical
+    # radius; the fine pass decimates so that it is ~16-32 px (enough for 4 %
+    # rungs), and stops the ladder at 3x it.
+    step_c = max(1, int(np.ceil(max(rgb.shape[:2]) / _COARSE_SIDE_PX)))
+    coarse = _typical_radius(_masks(np.ascontiguousarray(rgb[::step_c, ::step_c]))[0], _R_STEP * _R_STEP, np.inf)
+    if coarse is None:
         raise MppEstimateError(f"{where}: cannot estimate the resolution from red cells: none found; {fix}")
-    hist = np.bincount(np.searchsorted(radii, values), minlength=len(radii)).astype(np.float64)
-    mode = radii[int(np.argmax(ndimage.gaussian_filter1d(hist, 1.5)))]
-    near = values[(values >= mode / _PEAK_WINDOW) & (values <= mode * _PEAK_WINDOW)]
-    r0 = float(np.median(near))
+    r_level0 = coarse[0] * step_c
+    step = max(1, int(r_level0 / _FINE_RADIUS_PX), int(np.ceil(max(rgb.shape[:2]) / _MAX_SIDE_PX)))
+    mask, _ = _masks(np.ascontiguousarray(rgb[::step, ::step]))
+    fine = _typical_radius(mask, _R_STEP, 3.0 * r_level0 / step)
+    if fine is None:
+        raise MppEstimateError(f"{where}: cannot estimate the resolution from red cells: none found; {fix}")
+    r0, near, values = fine
     n_cells = int(near.size / (np.pi * r0 * r0))
     if n_cells < min_red_cells:
         raise MppEstimateError(

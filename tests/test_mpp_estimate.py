@@ -115,8 +115,8 @@ def _txl_val_fields(txl_dir: Path, per_source: int) -> list[tuple[Path, float]]:
 
 def test_estimate_on_real_fields_of_four_microscopes(txl_dir):
     """TXL-PBC val fields (nothing was fitted on val), the first 5 of each
-    source: measured 14 of 20 within 10 % of the red-cell boxes' mpp, 1 refused
-    (a Raabin field with too few red cells), the worst 30 % off (Raabin);
+    source: measured 14 of 20 within 10 % of the red-cell boxes' mpp, 3 refused
+    (two Raabin fields, one BCD, too few red cells), the worst 18 % off (BCCD);
     BENCHMARKS.md gives the whole split. Bounds leave one field of slack."""
     ratios, refused = [], 0
     for img, box in _txl_val_fields(txl_dir, 5):
@@ -129,9 +129,9 @@ def test_estimate_on_real_fields_of_four_microscopes(txl_dir):
         ratios.append(est.mpp / box)
     ratios = np.asarray(ratios)
     assert refused + len(ratios) == 20
-    assert refused <= 2
+    assert refused <= 4
     assert (np.abs(ratios - 1) <= 0.10).sum() >= 13, ratios
-    assert (np.abs(ratios - 1) <= 0.35).all(), ratios
+    assert (np.abs(ratios - 1) <= 0.25).all(), ratios
 
 
 @pytest.fixture(scope="module")

@@ -128,24 +128,19 @@ class MppEstimate:
         return (self.high - self.low) / self.mpp
 
 
-def red_cell_mask(rgb: np.ndarray) -> np.ndarray:
-    """Bool (h, w): red cells (filled, nuclei and a 2-px rim taken out) of a uint8 (h, w, 3) field."""
-    return _masks(rgb)[0]
-
-
 def _masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(red cells, nuclear pixels), bool (h, w) each, of a uint8 (h, w, 3) field."""
+    """(red cells: filled, nuclei and a 2-px rim taken out; nuclear pixels), bool
+    (h, w) each, of a uint8 (h, w, 3) field."""
     from skimage.filters import threshold_otsu
 
-    from .segment import estimate_stain, stain_channels
+    from .segment import estimate_stain, od_table, stain_channels
 
     rgb = np.asarray(rgb, np.uint8)
     no_blur = 1e6  # mpp so large that smoothing_um / mpp ~ 0: the scale is what is unknown
     stain = estimate_stain([rgb], no_blur, _NUCLEAR)
     nuc, _ = stain_channels(rgb, stain.glass, _NUCLEAR, no_blur)
     nuclear = nuc > stain.threshold
-    glass = np.asarray(stain.glass, np.float64)
-    table = np.clip(np.log10((glass[:, None] + 1.0) / (np.arange(256)[None, :] + 1.0)), 0.0, None)
+    table = od_table(stain.glass)
     total = table[0][rgb[..., 0]] + table[1][rgb[..., 1]] + table[2][rgb[..., 2]]
     # Near-black pixels (summed OD >= 2, darker than any stained cell: a
     # camera's black border or vignette, a label) would pull Otsu's threshold

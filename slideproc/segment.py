@@ -112,6 +112,14 @@ def glass_level(rgb: np.ndarray) -> tuple[float, float, float]:
     return (float(glass[0]), float(glass[1]), float(glass[2]))
 
 
+def od_table(glass) -> np.ndarray:
+    """Float64 (3, 256): optical density of each 8-bit level per channel against
+    the ``glass`` RGB (Beer-Lambert, log10(I0 / I), +1 for level 0), floored at 0."""
+    glass = np.asarray(glass, np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    return np.clip(np.log10((glass[:, None] + 1.0) / (levels[None, :] + 1.0)), 0.0, None)
+
+
 def stain_channels(rgb: np.ndarray, glass, cfg: SegmentConfig, mpp: float) -> tuple[np.ndarray, np.ndarray]:
     """(nuclear channel, stained mask) of a uint8 tile, as segmentation sees them.
 
@@ -133,8 +141,7 @@ def stain_channels(rgb: np.ndarray, glass, cfg: SegmentConfig, mpp: float) -> tu
     channel is the pixelwise minimum of the two (configs/blood-grey-red-cells.yaml).
     """
     glass = np.asarray(glass, np.float64)
-    levels = np.arange(256, dtype=np.float64)
-    od = np.clip(np.log10((glass[:, None] + 1.0) / (levels[None, :] + 1.0)), 0.0, None)
+    od = od_table(glass)
     rgb = np.asarray(rgb, dtype=np.uint8)
     nuc = _weighted_od(rgb, od, cfg.nuclear_weights)
     if cfg.also_weights:

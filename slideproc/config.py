@@ -90,24 +90,32 @@ class SegmentConfig:
     # A pixel is stained (not glass) when its largest channel optical density
     # exceeds this; glass is ~0, pale cytoplasm ~0.05-0.1.
     stained_min_od: float = 0.04
-    # Nuclear channel = weights . (OD_R, OD_G, OD_B). OD_R - 0.5 OD_B: nuclei
-    # absorb red light, pink red cells hardly (OD_R ~0.05); the OD_B term
-    # cancels overlapping red cells, 0.5 keeps violet nuclei (OD_B ~ OD_R).
-    # Films whose red cells stain grey-violet: configs/blood-grey-red-cells.yaml
-    # (OD_G - OD_B, with the default as also_weights; segment.stain_channels).
-    nuclear_weights: tuple[float, ...] = (1.0, 0.0, -0.5)
+    # Nuclear channel = weights . (OD_R, OD_G, OD_B), here OD_G - OD_B: chromatin
+    # absorbs green far more than blue, while red cells of any tint (pink or
+    # grey-violet) absorb blue about as much as green (haemoglobin's Soret
+    # band), so they read ~0-0.1 against nuclei at 0.3-0.8 (BENCHMARKS.md,
+    # TXL-PBC: four microscopes, cameras and stains).
+    nuclear_weights: tuple[float, ...] = (0.0, 1.0, -1.0)
     # A second channel, same form, a nucleus must stand out on as well (empty:
     # none): the nuclear channel is then the pixelwise minimum of the two.
-    also_weights: tuple[float, ...] = ()
+    # 5 (OD_R - 0.5 OD_B): eosin (H&E, eosinophil granules) and stacked pink
+    # red cells also absorb green more than blue but hardly absorb red light,
+    # so they read ~0 here; nuclei read 1.7-3.8x higher on OD_G - OD_B than on
+    # OD_R - 0.5 OD_B, so the factor 5 leaves them on OD_G - OD_B.
+    # configs/od-red-channel.yaml is the single channel OD_R - 0.5 OD_B (the
+    # default before issue 15; better on H&E sections).
+    also_weights: tuple[float, ...] = (5.0, 0.0, -2.5)
     # Bounds on the per-source Otsu threshold of the nuclear channel.
-    # Red cells are <= 0.05 and nuclei 0.15-0.6 whatever the stain: the lower
+    # Red cells are <= 0.1 and nuclei 0.2-0.8 whatever the stain: the lower
     # bound stops a nucleus-free tile adapting down to red cells and platelets,
-    # the upper one keeps pale nuclei when a tile is full of dark ones.
+    # the upper one keeps pale nuclei when a tile is full of dark ones. The
+    # OD levels here (and the contrast and pale level below) are about twice
+    # those of OD_R - 0.5 OD_B (0.3, 0.04, 0.2 there), as nuclei read.
     nuclear_threshold_min: float = 0.08
-    nuclear_threshold_max: float = 0.3
+    nuclear_threshold_max: float = 0.4
     # A nucleus peaks at least this far (OD) above the threshold; granule
     # specks and pale cytoplasm that barely cross it are dropped.
-    min_nuclear_contrast: float = 0.04
+    min_nuclear_contrast: float = 0.08
     # Holes in a nucleus up to this area are filled (um2): pale nucleoli and
     # chromatin gaps (1-4 um); larger enclosed spaces are glass ringed by cells.
     max_hole_um2: float = 20.0
@@ -115,12 +123,25 @@ class SegmentConfig:
     # granules, stain precipitate.
     min_fragment_area_um2: float = 2.0
     # Nucleus (all lobes of one cell) area limits (um2). A lone platelet is
-    # 2-3 um across (< 7 um2), a clump of two or three 8-10; the smallest
-    # nuclei stay above 10: a pyknotic normoblast (~4 um, ~12 um2), the
-    # thresholded lobes of a small neutrophil (3-4 x ~3 um2). 800 um2 (~32 um
-    # across) admits a blast whose deep-blue cytoplasm crosses the threshold.
-    min_nucleus_area_um2: float = 10.0
+    # 2-3 um across (< 7 um2), a clump of a few 8-14: their granules read as
+    # high as chromatin on OD_G - OD_B, so the floor is 14 um2 (at 10, a drawn
+    # smear's detections were 5 % platelet clumps, seed 4242). A nucleus
+    # under ~4.2 um across is dropped with them: the smallest pyknotic
+    # normoblasts (~4 um) may be. The thresholded lobes of a neutrophil
+    # (3-4 x 3-6 um2) count together. 800 um2 (~32 um across) admits a blast
+    # whose deep-blue cytoplasm crosses the threshold.
+    min_nucleus_area_um2: float = 14.0
     max_nucleus_area_um2: float = 800.0
+    # A nucleus smaller than small_nucleus_um2 must average at least
+    # small_nucleus_min_od (OD) on the nuclear channel; 0 = no such rule.
+    # Small nuclei (lymphocytes, normoblasts) hold the densest chromatin of
+    # all (0.25-0.6 on drawn smears), while a platelet clump's granulomere,
+    # which reads like chromatin on OD_G - OD_B, averages ~0.15-0.25 over its
+    # 14-30 um2: without the rule, 2-4 % of a drawn smear's detections were
+    # platelet clumps (tuning seeds 101, 202; the nucleus-area floor alone
+    # cannot go higher without losing small nuclei).
+    small_nucleus_um2: float = 30.0
+    small_nucleus_min_od: float = 0.25
     # A blob above this (um2; a 16 um round nucleus is 200 um2) is nucleus
     # plus deep-blue cytoplasm, or several cells: it is thresholded again on
     # its own pixels (Otsu) when its two levels differ by at least
@@ -146,14 +167,14 @@ class SegmentConfig:
     satellite_area_um2: float = 10.0
     # A field dense with dark nuclei sets its Otsu threshold high (up to
     # nuclear_threshold_max), above the open chromatin of a blast or monocyte
-    # (~0.2-0.3). Above this level (OD) segmentation runs again at it on the
+    # (~0.3-0.4). Above this level (OD) segmentation runs again at it on the
     # blobs holding no nucleus found so far and adds the cells found there
-    # that touch none. Smear thresholds (0.1-0.2) lie below it, so there it
+    # that touch none. Smear thresholds (0.1-0.3) lie at or below it, so there it
     # never runs; 0 turns it off.
-    pale_nucleus_threshold: float = 0.2
+    pale_nucleus_threshold: float = 0.3
     # Cytoplasm kept around the nucleus for the cell mask, box and area (um):
     # pixels within this distance of the nucleus whose nuclear channel exceeds
-    # ``cytoplasm_min_od`` (bluish-lilac cytoplasm; red cells are <= 0).
+    # ``cytoplasm_min_od`` (bluish-lilac cytoplasm; red cells read ~0-0.1).
     cytoplasm_um: float = 4.0
     cytoplasm_min_od: float = 0.02
     # Reported centre: "cell" (centroid of the cell mask) or "nucleus".
@@ -545,7 +566,8 @@ def _validate(obj: Any, prefix: str) -> None:
         _positive(obj, prefix, "lobe_merge_distance_um", "smoothing_um", "stained_min_od",
                   "nuclear_threshold_min", "min_nuclear_contrast", "min_fragment_area_um2",
                   "cytoplasm_um", "min_refine_contrast", "cytoplasm_min_od",
-                  "satellite_area_um2", "pale_nucleus_threshold", allow_zero=True)
+                  "satellite_area_um2", "pale_nucleus_threshold", "small_nucleus_um2",
+                  "small_nucleus_min_od", allow_zero=True)
         _fraction(obj, prefix, "min_refine_fraction")
         for key in ("nuclear_weights", "also_weights"):
             w = getattr(obj, key)

@@ -16,10 +16,11 @@ Maragos, IEEE TPAMI 11:701, 1989):
    (a camera's black border would otherwise pull the threshold above every
    cell); holes filled (a red cell's pale centre).
 2. Nuclear pixels (white cells, erythroblasts) and a 2-px rim around them are
-   taken out. Nuclear = the nuclear channel of ``configs/blood-grey-red-cells
-   .yaml`` above its Otsu threshold: min(OD_G - OD_B, 5 (OD_R - 0.5 OD_B)),
-   on which red cells read low whatever their tint (on the default channel the
-   grey-violet red cells of some cameras read as nuclei and would be lost).
+   taken out. Nuclear = detection's default nuclear channel above its Otsu
+   threshold (capped at 0.3, the level this estimator was fitted with):
+   min(OD_G - OD_B, 5 (OD_R - 0.5 OD_B)), on which red cells read
+   low whatever their tint (on OD_R - 0.5 OD_B the grey-violet red cells of
+   some cameras read as nuclei and would be lost).
 3. The opening transform: each masked pixel's value is the radius of the
    largest disc inside the mask that covers it (openings by discs of radii in
    a 4 % geometric ladder, each a pair of Euclidean distance transforms).
@@ -105,8 +106,10 @@ _R_MIN_PX, _R_STEP = 3.0, 1.04
 _PEAK_WINDOW = 1.15
 # Summed OD (R + G + B) from which a pixel is near-black, not stain.
 _BLACK_OD = 2.0
-# Nuclear channel used to take white cells out (configs/blood-grey-red-cells.yaml).
-_NUCLEAR = SegmentConfig(nuclear_weights=(0.0, 1.0, -1.0), also_weights=(5.0, 0.0, -2.5))
+# Nuclear channel used to take white cells out: detection's default channel,
+# with the threshold bound (0.3) the estimator's factors were fitted under.
+_NUCLEAR = SegmentConfig(nuclear_weights=(0.0, 1.0, -1.0), also_weights=(5.0, 0.0, -2.5),
+                         nuclear_threshold_max=0.3)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ Method:
 
 1. Stain. Optical density per channel against the glass level (fixed per
    source by ``estimate_stain``, so every tile is cut alike; brightness does
-   not matter). Nuclear channel = OD_R - 0.5 OD_B (``nuclear_weights``):
-   ~0.2-0.6 in purple-blue nuclei, ~0.1-0.2 in platelets and blue cytoplasm,
-   <= 0.05 in pink red cells, which absorb green and blue light, not red.
+   not matter). Nuclear channel = min(OD_G - OD_B, 5 (OD_R - 0.5 OD_B))
+   (``nuclear_weights``, ``also_weights``): ~0.2-0.8 in nuclei, whether they
+   stain blue-purple or magenta; ~0-0.1 in red cells, pink or grey-violet,
+   which absorb blue about as much as green; ~0 in eosin, which absorbs no
+   red light (BENCHMARKS.md, TXL-PBC: four microscopes, cameras and stains).
 2. Threshold. Otsu on the stained pixels' nuclear channel, clamped to
    ``nuclear_threshold_min/max`` so a source with few nuclei cannot adapt
    down to red cells. Blobs larger than a nucleus (a blast in deep-blue
@@ -25,8 +27,10 @@ Method:
    whose gap is cytoplasm (not glass, not a red cell) are one cell while the
    group spans <= ``max_lobed_extent_um``; pieces too small to be a nucleus
    (granule clumps, a platelet lying on a cell) join their neighbour anyway.
-5. Filter and measure. Groups outside [min, max]_nucleus_area_um2 or nowhere
-   ``min_nuclear_contrast`` above the threshold are dropped. Where the
+5. Filter and measure. Groups outside [min, max]_nucleus_area_um2, nowhere
+   ``min_nuclear_contrast`` above the threshold, or smaller than
+   ``small_nucleus_um2`` and paler on average than ``small_nucleus_min_od``
+   (a platelet clump; small nuclei are the densest) are dropped. Where the
    threshold sits above ``pale_nucleus_threshold`` (a field dense with dark
    nuclei), steps 2-5 run again at that level on its blobs that hold no
    nucleus kept so far (or are big enough to be cut again), and the cells
@@ -129,16 +133,15 @@ def stain_channels(rgb: np.ndarray, glass, cfg: SegmentConfig, mpp: float) -> tu
     look-ups and one filter.
 
     Nuclear channel = ``nuclear_weights`` . (OD_R, OD_G, OD_B), by default
-    OD_R - 0.5 OD_B. Red light is what a nucleus absorbs and a pink red cell
-    passes (OD_R ~0.5 vs ~0.05); subtracting part of OD_B cancels the red
-    cells' tail where two overlap and keeps violet nuclei, whose OD_B may match
-    their OD_R. Red cells that stain grey-violet absorb red light too and read
-    as high as their nuclei on it; for such films OD_G - OD_B (weights
-    0, 1, -1) reads them low: haemoglobin absorbs blue (its Soret band) about
-    as much as green, chromatin green far more (BENCHMARKS.md, TXL-PBC). Eosin
-    and stacked pink red cells read high on that one, so ``also_weights``
-    names a second channel a nucleus must stand out on too: the nuclear
-    channel is the pixelwise minimum of the two (configs/blood-grey-red-cells.yaml).
+    OD_G - OD_B: haemoglobin absorbs blue (its Soret band) about as much as
+    green, chromatin green far more, so red cells read low whether they stain
+    pink or grey-violet (on OD_R - 0.5 OD_B, the channel before issue 15, the
+    grey-violet ones absorb red light and read as high as nuclei, and magenta
+    nuclei read low). Eosin and stacked pink red cells read high on OD_G - OD_B
+    too, so ``also_weights`` names a second channel a nucleus must stand out on
+    as well, by default 5 (OD_R - 0.5 OD_B): the nuclear channel is the
+    pixelwise minimum of the two. ``also_weights`` empty: one channel
+    (configs/od-red-channel.yaml, for H&E sections).
     """
     glass = np.asarray(glass, np.float64)
     od = od_table(glass)
@@ -576,6 +579,12 @@ def _cells_of(frag: np.ndarray, nuc: np.ndarray, cytoplasm: np.ndarray, t: float
     np.maximum.at(peak, flat[fg], nuc.ravel()[fg])
     ok = (nuc_area >= cfg.min_nucleus_area_um2) & (nuc_area <= cfg.max_nucleus_area_um2)
     ok &= peak >= t + cfg.min_nuclear_contrast
+    if cfg.small_nucleus_min_od > 0:
+        # Small and pale is a platelet clump, not a nucleus: small nuclei
+        # (lymphocytes, normoblasts) hold the densest chromatin of all.
+        level = np.bincount(flat[fg], weights=nuc.ravel()[fg], minlength=m + 1) * (mpp * mpp)
+        mean = level / np.maximum(nuc_area, 1e-9)
+        ok &= (nuc_area >= cfg.small_nucleus_um2) | (mean >= cfg.small_nucleus_min_od)
     ok[0] = False
     renum = np.zeros(m + 1, np.int32)
     renum[ok] = np.arange(1, int(ok.sum()) + 1, dtype=np.int32)

@@ -43,7 +43,9 @@ def test_exif_rotated_cells_are_in_the_frame_a_viewer_shows(cases_run):
     rc, out = cases_run
     assert rc == 0
     rotated, upright = _cells(out, "rotated"), _cells(out, "upright")
-    assert len(rotated) == len(upright) == 3
+    # Two Matek crops side by side: their two centred cells and two nuclei cut
+    # by the crops' borders (top and bottom of the seam).
+    assert len(rotated) == len(upright) == 4
     # The same cells at the same coordinates as the upright copy (JPEG noise: < 1 px),
     # inside the 500 x 250 frame a viewer shows, not the stored 250 x 500 one.
     a = rotated.sort_values("x")[["x", "y"]].to_numpy()
@@ -57,9 +59,11 @@ def test_exif_rotated_cells_are_in_the_frame_a_viewer_shows(cases_run):
 def test_multipage_tiff_every_page_is_a_field(cases_run):
     rc, out = cases_run
     stack, separate = _cells(out, "stack"), _cells(out, "separate")
-    assert len(stack) == len(separate) == 5  # page 0 alone held 3
-    assert stack["source"].value_counts().to_dict() == {"fields.tif#1": 3, "fields.tif#2": 2}
-    assert separate["source"].value_counts().to_dict() == {"a.png": 3, "b.png": 2}
+    # Each page: its centred cell and nuclei cut by the border (of those, the
+    # default channel misses page 1's sliver at the bottom edge).
+    assert len(stack) == len(separate) == 5  # page 0 alone held 2
+    assert stack["source"].value_counts().to_dict() == {"fields.tif#1": 2, "fields.tif#2": 3}
+    assert separate["source"].value_counts().to_dict() == {"a.png": 2, "b.png": 3}
     # page N holds the cells of the separate file N, at the same coordinates
     for page, name in (("fields.tif#1", "a.png"), ("fields.tif#2", "b.png")):
         a = stack[stack.source == page].sort_values("x")[["x", "y"]].to_numpy()

@@ -141,13 +141,14 @@ def _pale_cell(img: np.ndarray, mpp: float, x: float, y: float, r_cell: float, r
 
 
 def test_pale_nucleus_in_a_field_of_dark_ones():
-    # Dark lymphocytes set the field's threshold (Otsu, clamped at 0.3) above a
-    # pale open-chromatin nucleus (nuclear channel ~0.27): the pale-level pass
-    # finds it, once, and the dark cells stay as they were.
+    # Dark lymphocytes set the field's threshold (Otsu, clamped at 0.4) where
+    # a pale open-chromatin nucleus (nuclear channel ~0.42) does not stand out
+    # by min_nuclear_contrast: the pale-level pass finds it, once, and the
+    # dark cells stay as they were.
     mpp = 0.5
     dark = [(x, y, "lym") for x in (10.0, 30.0, 50.0) for y in (10.0, 50.0)]
     img = _pale_cell(render(60, 60, mpp, dark), mpp, 30.0, 30.0, 6.0, 4.0,
-                     [0.07, 0.13, 0.07], [0.30, 0.40, 0.12])
+                     [0.07, 0.13, 0.07], [0.30, 0.46, 0.10])
     pale = [(30.0, 30.0, "pale")]
     res = segment_tile(img, mpp)
     assert _near(res, mpp, dark + pale, 2.0) == [1] * 7
@@ -157,20 +158,30 @@ def test_pale_nucleus_in_a_field_of_dark_ones():
 
 
 def test_darker_rim_of_cytoplasm_is_not_cut_off_as_a_nucleus():
-    # A blast whose deep-blue cytoplasm reads darker on the nuclear channel
-    # (~0.45) than its pale nucleus (~0.28), the rim open on one side (as
-    # where a neighbour presses on it); the source's threshold (0.15) lies
-    # below both: one blob larger than a nucleus (~220 um2). Cut at its own
-    # Otsu level it would keep only the C-shaped rim (~90 um2, centred 1.9 um
-    # off); kept whole, nucleus and rim are one cell.
+    # A blast whose deep-blue cytoplasm reads darker on OD_R - 0.5 OD_B
+    # (configs/od-red-channel.yaml; ~0.45) than its pale nucleus (~0.28), the
+    # rim open on one side (as where a neighbour presses on it); the source's
+    # threshold (0.15) lies below both: one blob larger than a nucleus
+    # (~220 um2). Cut at its own Otsu level it would keep only the C-shaped rim
+    # (~90 um2, centred 1.9 um off); kept whole, nucleus and rim are one cell.
+    # On the default channel the same rim reads below the nucleus (~0.2 vs
+    # ~0.35 on OD_G - OD_B: deep-blue cytoplasm absorbs red more than green),
+    # so the nucleus is found whole without the cut.
+    from pathlib import Path
+
+    from slideproc.config import load_run_config
     from slideproc.segment import Stain, glass_level
 
     mpp = 0.5
     img = _pale_cell(render(40, 40, mpp), mpp, 20.0, 20.0, 9.0, 6.0, [0.55, 0.40, 0.20], [0.38, 0.55, 0.20],
                      ring=True, open_deg=100.0)
-    res = segment_tile(img, mpp, stain=Stain(glass_level(img), 0.15))
+    red = load_run_config(Path(__file__).parents[1] / "configs" / "od-red-channel.yaml").segment
+    res = segment_tile(img, mpp, red, stain=Stain(glass_level(img), 0.15))
     assert len(res) == 1
     assert res.nucleus_area_um2[0] > np.pi * 6.0 ** 2  # the pale nucleus is in it
+    assert _near(res, mpp, [(20.0, 20.0)], 1.6) == [1]
+    res = segment_tile(img, mpp, stain=Stain(glass_level(img), 0.15))
+    assert len(res) == 1 and res.nucleus_area_um2[0] > 0.9 * np.pi * 6.0 ** 2
     assert _near(res, mpp, [(20.0, 20.0)], 1.6) == [1]
 
 
@@ -214,8 +225,9 @@ def test_binary_opening_equals_scipy(radius):
 
 
 def test_nuclear_channel_is_the_configured_weighted_od():
-    """The table look-up equals the weighted OD computed directly, for the
-    default channel (OD_R - 0.5 OD_B) exactly as before and for OD_G - OD_B."""
+    """The table look-up equals the weighted OD computed directly, for one
+    channel and for the default pair's pixelwise minimum; the channel used
+    before issue 15 (OD_R - 0.5 OD_B) is still given exactly as before."""
     from dataclasses import replace
 
     from slideproc.config import SegmentConfig
@@ -227,7 +239,7 @@ def test_nuclear_channel_is_the_configured_weighted_od():
     od = np.clip(np.log10((np.array(glass) + 1.0) / (img.astype(np.float64) + 1.0)), 0.0, None)
     big_mpp = 100.0  # no blur
     for weights in ((1.0, 0.0, -0.5), (0.0, 1.0, -1.0)):
-        cfg = replace(SegmentConfig(), nuclear_weights=weights)
+        cfg = replace(SegmentConfig(), nuclear_weights=weights, also_weights=())
         nuc, _ = stain_channels(img, glass, cfg, big_mpp)
         np.testing.assert_allclose(nuc, od @ np.array(weights), atol=1e-6)
     # With a second channel the nucleus must also exceed: their pixelwise minimum.
@@ -235,24 +247,28 @@ def test_nuclear_channel_is_the_configured_weighted_od():
     nuc, _ = stain_channels(img, glass, cfg, big_mpp)
     np.testing.assert_allclose(nuc, np.minimum(od @ np.array([0.0, 1.0, -1.0]), od @ np.array([5.0, 0.0, -2.5])),
                                atol=1e-5)
+    # The default is that pair; configs/od-red-channel.yaml gives the channel
+    # used before issue 15, OD_R - 0.5 OD_B, bit for bit as the former code did.
     default, _ = stain_channels(img, glass, SegmentConfig(), big_mpp)
-    lut = np.clip(np.log10((np.array(glass)[:, None] + 1.0) / (np.arange(256)[None, :] + 1.0)), 0.0, None)
-    lut = lut.astype(np.float32)
-    before = lut[0][img[..., 0]] - 0.5 * lut[2][img[..., 2]]  # the former code, bit for bit
-    assert np.array_equal(default, before)
-
-
-def test_grey_red_cell_preset_never_takes_stacked_pink_red_cells_for_nuclei():
-    """configs/blood-grey-red-cells.yaml reads nuclei on OD_G - OD_B, on which
-    pink red cells (OD_G > OD_B) read ~0.13 a layer and two or three stacked
-    0.26-0.39: on that channel alone this field of red cells gave 15 "cells".
-    The second channel (OD_R - 0.5 OD_B, on which pink red cells are ~0)
-    keeps them out; the demo field's five cells are still found."""
+    np.testing.assert_array_equal(default, nuc)
     from pathlib import Path
 
     from slideproc.config import load_run_config
 
-    cfg = load_run_config(Path(__file__).parents[1] / "configs" / "blood-grey-red-cells.yaml").segment
+    red = load_run_config(Path(__file__).parents[1] / "configs" / "od-red-channel.yaml").segment
+    lut = np.clip(np.log10((np.array(glass)[:, None] + 1.0) / (np.arange(256)[None, :] + 1.0)), 0.0, None)
+    lut = lut.astype(np.float32)
+    before = lut[0][img[..., 0]] - 0.5 * lut[2][img[..., 2]]  # the former code, bit for bit
+    assert np.array_equal(stain_channels(img, glass, red, big_mpp)[0], before)
+
+
+def test_default_channel_never_takes_stacked_pink_red_cells_for_nuclei():
+    """The default nuclear channel reads nuclei on OD_G - OD_B, on which
+    pink red cells (OD_G > OD_B) read ~0.13 a layer and two or three stacked
+    0.26-0.39: on that channel alone this field of red cells gave 15 "cells".
+    The second channel (OD_R - 0.5 OD_B, on which pink red cells are ~0)
+    keeps them out; the demo field's five cells are still found."""
+    cfg = SegmentConfig()
     rng = np.random.default_rng(3)
     pts = rng.uniform(5, 75, size=(60, 2))
     plts = [(x, y) for x in (10.0, 30.0, 50.0, 70.0) for y in (12.0, 40.0, 68.0)]
@@ -260,3 +276,29 @@ def test_grey_red_cell_preset_never_takes_stacked_pink_red_cells_for_nuclei():
     img, cells = demo_field(0.5)
     res = segment_tile(img, 0.5, cfg)
     assert _near(res, 0.5, cells, 2.0) == [1] * len(cells) and len(res) == len(cells)
+
+
+def test_small_pale_platelet_clump_is_not_a_nucleus_a_small_dense_one_is():
+    """Six platelets clumped into a ~20 um2 blob whose granulomere reads
+    ~0.23 on the nuclear channel, beside a normoblast whose 5 um nucleus
+    (30 um2) reads ~0.8: the clump crosses the threshold and the area
+    floor, and only ``small_nucleus_min_od`` (0.25) tells it from the nucleus."""
+    from smear import _disc
+
+    mpp = 0.5
+    rbcs = [(x, y) for x in (5.0, 35.0) for y in (5.0, 35.0)] + [(20.0, 5.0), (20.0, 35.0)]
+    img = render(40, 40, mpp, cells=[(28.0, 20.0, "ery")], rbcs=rbcs)
+    h, w = img.shape[:2]
+    v, u = (np.mgrid[0:h, 0:w] + 0.5) * mpp
+    clump = np.zeros((h, w))
+    for dx, dy in [(0, 0), (2.0, 0.3), (1.0, 1.8), (-0.8, 1.6), (2.6, 2.0), (0.6, -1.8)]:
+        clump = np.maximum(clump, _disc(u, v, 10 + dx, 20 + dy, 1.3))
+    img = np.clip(img * 10 ** (-clump[..., None] * np.array([0.20, 0.42, 0.15])) + 0.5, 0, 255).astype(np.uint8)
+    ery, plt = [(28.0, 20.0, "ery")], [(10.6, 20.3, "clump")]
+    res = segment_tile(img, mpp)
+    assert len(res) == 1 and _near(res, mpp, ery, 1.0) == [1]
+    # The nucleus (30 um2 here) passes the rule when it applies to it too.
+    wider = segment_tile(img, mpp, SegmentConfig(small_nucleus_um2=50.0))
+    assert len(wider) == 1 and _near(wider, mpp, ery, 1.0) == [1]
+    off = segment_tile(img, mpp, SegmentConfig(small_nucleus_min_od=0.0))
+    assert len(off) == 2 and _near(off, mpp, ery + plt, 1.0) == [1, 1]

@@ -18,8 +18,8 @@ field's mpp estimated from its red cells as ``--mpp auto`` does
 (slideproc.mpp_estimate): then also how often the estimate lies within 10 %
 (and 20 %) of the field's own box mpp, refused fields counting as misses.
 
-``--config`` runs detection with a run config (e.g. the default, or
-configs/blood-grey-red-cells.yaml for films whose red cells stain grey-violet).
+``--config`` runs detection with a run config (e.g. configs/od-red-channel.yaml,
+the single nuclear channel that was the default before issue 15).
 Split: thresholds were tuned on ``train`` only; figures are reported on ``val``.
 ``--set KEY=VALUE`` overrides config keys (exploration). ``--fields-csv`` writes
 one row per field for a closer look.

@@ -140,7 +140,7 @@ class SegmentConfig:
     # 14-30 um2: without the rule, 2-4 % of a drawn smear's detections were
     # platelet clumps (tuning seeds 101, 202; the nucleus-area floor alone
     # cannot go higher without losing small nuclei).
-    small_nucleus_um2: float = 30.0
+    small_nucleus_um2: float = 24.0
     small_nucleus_min_od: float = 0.25
     # A blob above this (um2; a 16 um round nucleus is 200 um2) is nucleus
     # plus deep-blue cytoplasm, or several cells: it is thresholded again on

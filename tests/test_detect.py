@@ -231,7 +231,7 @@ def test_real_txl_pbc_fields_of_four_stains(txl_dir):
     neutrophil nuclei magenta: on OD_R - 0.5 OD_B (configs/od-red-channel.yaml,
     the default before issue 15) 68 of Raabin's 155 red cells here held a false
     detection and 3 of 13 WBC were missed, and 2 of BCD's 12; with the default
-    11 and 1, and 1. The bounds are looser than the targets (12 fields are few);
+    7 and 1, and 1. The bounds are looser than the targets (12 fields are few);
     the whole val split: BENCHMARKS.md."""
     tot = txl_scores(txl_dir, 12)
     assert set(tot) == {"BCCD", "BCD", "PBC", "Raabin"}
@@ -268,9 +268,9 @@ def test_real_bone_marrow_he_fields_no_silent_zero(bm_he_dir):
 @pytest.mark.slow
 def test_synthetic_archive_targets_fresh_seed(tmp_path):
     """Procedural smears (2 slides 4096^2 + 2 folders, 300 cells each), a seed
-    nobody tuned on: recall and precision >= 0.98 at <= 4 um (measured 0.983-0.991 /
+    nobody tuned on: recall and precision >= 0.98 at <= 4 um (measured 0.984-0.991 /
     0.985-0.992 on seeds 777, 31337, 2027, 9999 with the default since issue 15, whose
-    platelet rules were chosen on seeds 101, 202, 4242; 0.97 here leaves room for a hard seed)."""
+    platelet rules were chosen on seeds 101, 202, 303, 404, 4242; 0.97 here leaves room for a hard seed)."""
     from slideproc.cli import main
     from slideproc.detection_eval import score_output
 

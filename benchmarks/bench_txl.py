@@ -140,10 +140,35 @@ def summarise(rows: list[dict]) -> dict:
             s["mpp_within_20pct"] = f"{sum('error' not in r and abs(r['mpp'] / r['mpp_boxes'] - 1) <= 0.20 for r in own)}/{len(own)}"
             ratios = [r["mpp"] / r["mpp_boxes"] for r in own if "error" not in r]
             s["mpp_ratio_median"] = round(float(np.median(ratios)), 3) if ratios else None
+            s.update(reference_spread(own))
         s["targets_met"] = bool(s["WBC_rate"] is not None and s["WBC_rate"] >= 0.95
                                 and (s["RBC_rate"] or 0) <= 0.05 and (s["Platelet_rate"] or 0) <= 0.10)
         out[f"{src}/{mode}"] = s
     return out
+
+
+def reference_spread(own: list[dict], group: int = 10) -> dict:
+    """How far the box mpp itself lets an estimate agree, and what pooling would give.
+
+    ``box_within_10pct_of_source_median``: fields whose box mpp lies within 10 %
+    of their source's median box mpp. A source of one microscope and camera has
+    one true resolution, so this is about the share of fields that even an exact
+    per-source value would get within 10 % of the box mpp: the boxes' own spread.
+    ``pooled_within_10pct``: each run of ``group`` fields (file order; the names
+    are random) given the geometric median of its fields' estimates, as if a
+    sample's fields shared one estimate; refused fields take the pooled value.
+    """
+    boxes = np.array([r["mpp_boxes"] for r in own])
+    med = float(np.median(boxes)) if len(boxes) else float("nan")
+    pooled_ok = 0
+    for i in range(0, len(own), group):
+        run = own[i:i + group]
+        est = [np.log(r["mpp"]) for r in run if "error" not in r]
+        if est:
+            pooled = float(np.exp(np.median(est)))
+            pooled_ok += sum(abs(pooled / r["mpp_boxes"] - 1) <= 0.10 for r in run)
+    return {"box_within_10pct_of_source_median": f"{int(np.sum(np.abs(boxes / med - 1) <= 0.10))}/{len(own)}",
+            "pooled_within_10pct": f"{pooled_ok}/{len(own)}"}
 
 
 def _groups(rows):
@@ -199,7 +224,9 @@ def main() -> int:
     else:
         record("txl_detection", data)
     for key, s in summary.items():
-        extra = (f"  mpp within 10 % {s['mpp_within_10pct']} (20 %: {s['mpp_within_20pct']}), refused {s['refused']}"
+        extra = (f"  mpp within 10 % {s['mpp_within_10pct']} (20 %: {s['mpp_within_20pct']}), refused {s['refused']};"
+                 f" box mpp within 10 % of the source's median {s['box_within_10pct_of_source_median']},"
+                 f" pooled by 10 fields within 10 % {s['pooled_within_10pct']}"
                  if "mpp_within_10pct" in s else "")
         print(f"{key:14s} WBC {s['WBC']:>9s}  RBC false {s['RBC']:>9s}  platelet false {s['Platelet']:>7s}"
               f"  dets {s['detections']}{extra}")

@@ -723,7 +723,9 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        shipped = ", ".join(sorted(f.name for f in PACKAGE_CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"config file not found: {path} (shipped with slideproc, usable by name from "
+                          f"anywhere: {shipped})") from None
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
     except UnicodeDecodeError:
@@ -750,15 +752,32 @@ def config_from_dict(cls: type, data: Any, source: str = "config") -> Any:
         raise
 
 
+def config_path(path: str | Path | None, default_name: str) -> Path:
+    """The config file ``path`` names: None is the packaged ``default_name``; a path
+    that does not exist but names a shipped config (``od-red-channel.yaml`` or
+    ``configs/od-red-channel.yaml``, as the README writes them) is the packaged
+    one, so the README's commands work outside the repository. A file that
+    exists always wins (run.json records the config's values either way)."""
+    if path is None:
+        return PACKAGE_CONFIG_DIR / default_name
+    p = Path(path)
+    shipped = PACKAGE_CONFIG_DIR / p.name
+    if not p.exists() and shipped.is_file() and (len(p.parts) == 1 or p.parent.as_posix() == "configs"):
+        return shipped
+    return p
+
+
 def load_run_config(path: str | Path | None = None) -> RunConfig:
-    """Read a run/detect config; None reads the packaged configs/default.yaml."""
-    path = Path(path) if path is not None else PACKAGE_CONFIG_DIR / "default.yaml"
+    """Read a run/detect config; None reads the packaged configs/default.yaml
+    (other shipped configs by name: :func:`config_path`)."""
+    path = config_path(path, "default.yaml")
     return config_from_dict(RunConfig, _read_yaml(path), source=str(path))
 
 
 def load_train_config(path: str | Path | None = None) -> TrainConfig:
-    """Read a train config; None reads the packaged configs/train.yaml."""
-    path = Path(path) if path is not None else PACKAGE_CONFIG_DIR / "train.yaml"
+    """Read a train config; None reads the packaged configs/train.yaml
+    (other shipped configs by name: :func:`config_path`)."""
+    path = config_path(path, "train.yaml")
     return config_from_dict(TrainConfig, _read_yaml(path), source=str(path))
 
 

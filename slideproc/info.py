@@ -95,7 +95,8 @@ def format_sample_line(sample: SampleSpec, infos: list[SourceInfo]) -> str:
     if len(mpps) == 1:
         parts.append(f"mpp {mpps[0][0]:.4g} um/px ({mpps[0][1]})")
     elif mpps:
-        parts.append(f"mpp {min(m for m, _ in mpps):.4g}-{max(m for m, _ in mpps):.4g} um/px")
+        origins = "/".join(sorted({o for _, o in mpps}))
+        parts.append(f"mpp {min(m for m, _ in mpps):.4g}-{max(m for m, _ in mpps):.4g} um/px ({origins})")
     missing = sum(1 for i in ok if not i.mpp)
     if missing:
         parts.append(f"mpp unknown for {missing} file(s)" if len(infos) > 1 else "mpp unknown")

@@ -287,3 +287,23 @@ def test_fuzz_train_only_config_errors(data):
         C.config_from_dict(C.TrainConfig, data)
     except ConfigError:
         pass
+
+
+def test_shipped_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    """The README writes `--config configs/od-red-channel.yaml`; run from any
+    folder, that (or the bare name) is the shipped file, while a file of that
+    name that exists where the user points always wins."""
+    from slideproc.config import ConfigError, load_run_config
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("configs/od-red-channel.yaml", "od-red-channel.yaml"):
+        seg = load_run_config(name).segment
+        assert seg.nuclear_weights == (1.0, 0.0, -0.5) and seg.also_weights == () and seg.small_nucleus_min_od == 0
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "od-red-channel.yaml").write_text("segment:\n  min_nucleus_area_um2: 12.0\n")
+    local = load_run_config("configs/od-red-channel.yaml").segment
+    assert local.min_nucleus_area_um2 == 12.0 and local.nuclear_weights == (0.0, 1.0, -1.0)
+    with pytest.raises(ConfigError, match=r"config file not found: configs/nope\.yaml \(shipped .*od-red-channel\.yaml"):
+        load_run_config("configs/nope.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_run_config(tmp_path / "elsewhere" / "od-red-channel.yaml")  # a real path is never replaced

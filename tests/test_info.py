@@ -204,3 +204,18 @@ def test_info_on_a_folder_of_many_images_is_one_line_per_sample(tmp_path, capsys
     assert main(["info", "-v", "--mpp", "0.25", str(tmp_path)]) == 0
     detailed = capsys.readouterr().out
     assert detailed.count("dimensions: 64 x 48 px") == 43 and "  f039.png" in detailed
+
+
+def test_summary_line_names_where_a_range_of_mpp_came_from():
+    """Fields of one folder estimated one by one (--mpp auto) give a range; the
+    line says it was estimated, as it does for a single value."""
+    from slideproc.info import SourceInfo, format_sample_line
+    from slideproc.sources.discover import SampleSpec
+
+    est = "estimated from red cells"
+    infos = [SourceInfo(f"f{i}.jpg", f"/x/f{i}.jpg", "jpeg", (640, 480), 1, (1.0,), m, est, None, 1.0)
+             for i, m in enumerate((0.0684, 0.0946))]
+    line = format_sample_line(SampleSpec("fields", ()), infos)
+    assert "mpp 0.0684-0.0946 um/px (estimated from red cells)" in line
+    infos[1].mpp_origin = "--mpp"
+    assert "um/px (--mpp/estimated from red cells)" in format_sample_line(SampleSpec("fields", ()), infos)

@@ -65,12 +65,13 @@ def _mpp(text: str) -> float | str:
     if not lo <= value <= hi:
         raise argparse.ArgumentTypeError(
             f"expected the level-0 resolution in um per pixel, between {lo:g} and {hi:g} "
-            f"(what brightfield microscopes produce), got {text!r}")
+            f"(what brightfield microscopes produce), got {text!r}; or 'auto' to estimate it from the red cells")
     return value
 
 
-_CONFIG_HELP = ("YAML config (default: the packaged configs/default.yaml); an unknown key or a bad value "
-                "is exit 2 naming the key")
+_CONFIG_HELP = ("YAML config (default: the packaged configs/default.yaml; a shipped one by name from any "
+                "folder, e.g. od-red-channel.yaml for H&E sections); an unknown key or a bad value is exit 2 "
+                "naming the key")
 _TRAIN_CONFIG_HELP = "YAML training config (default: the packaged configs/train.yaml; configs/train-cpu.yaml for CPUs)"
 _WORKERS_HELP = "local Dask worker processes (default: engine.workers, null = one per CPU core)"
 _OUT_HELP = "output folder (created; an existing one is resumed, see run --no-resume)"

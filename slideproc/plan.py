@@ -169,7 +169,9 @@ def plan_record(plan: Plan) -> dict:
         "resolution": {s.sample_id: [{"source": x.name, "mpp": x.mpp, "mpp_from": x.mpp_from,
                                       **({"red_cells": x.red_cells, "mpp_iqr": list(x.mpp_iqr)}
                                          if x.mpp_iqr is not None else {}),
-                                      **({"notes": x.notes} if x.notes else {})}
+                                      **({"notes": x.notes} if x.notes else {}),
+                                      # why a source has no mpp (mpp null, mpp_from "")
+                                      **({"error": x.error} if x.error else {})}
                                      for x in s.sources] for s in plan.samples},
     }
 

@@ -177,6 +177,10 @@ def test_detect_with_mpp_auto_records_the_estimate_and_fails_only_the_blank_samp
     assert film["mpp_iqr"] == pytest.approx([expected.low, expected.high])
     assert (out / "cells" / "film.csv").exists() and not (out / "cells" / "blank.csv").exists()
     assert "cannot estimate the resolution from red cells" in capsys.readouterr().err
+    # the refused field's record says why it has no mpp
+    blank = record["resolution"]["blank"][0]
+    assert blank["mpp"] is None and blank["mpp_from"] == ""
+    assert "b1.png: cannot estimate the resolution from red cells" in blank["error"]
 
 
 def test_manifest_mpp_auto_and_config_key(auto_inputs, tmp_path, capsys):

@@ -154,9 +154,11 @@ def reference_spread(own: list[dict], group: int = 10) -> dict:
     of their source's median box mpp. A source of one microscope and camera has
     one true resolution, so this is about the share of fields that even an exact
     per-source value would get within 10 % of the box mpp: the boxes' own spread.
-    ``pooled_within_10pct``: each run of ``group`` fields (file order; the names
-    are random) given the geometric median of its fields' estimates, as if a
-    sample's fields shared one estimate; refused fields take the pooled value.
+    ``pooled_within_10pct``: the fields with their own box mpp, in runs of
+    ``group`` (file order, the names are random; the last run may be shorter),
+    each field given exp(median(log estimate)) of its run (with an even count,
+    the geometric mean of the two middle estimates), as if a sample's fields
+    shared one estimate; refused fields take the pooled value.
     """
     boxes = np.array([r["mpp_boxes"] for r in own])
     med = float(np.median(boxes)) if len(boxes) else float("nan")

@@ -106,11 +106,14 @@ class SegmentConfig:
     # default before issue 15; better on H&E sections).
     also_weights: tuple[float, ...] = (5.0, 0.0, -2.5)
     # Bounds on the per-source Otsu threshold of the nuclear channel.
-    # Red cells are <= 0.1 and nuclei 0.2-0.8 whatever the stain: the lower
-    # bound stops a nucleus-free tile adapting down to red cells and platelets,
-    # the upper one keeps pale nuclei when a tile is full of dark ones. The
-    # OD levels here (and the contrast and pale level below) are about twice
-    # those of OD_R - 0.5 OD_B (0.3, 0.04, 0.2 there), as nuclei read.
+    # Red cells read <= ~0.1 and nuclei 0.2-0.8 whatever the stain: the lower
+    # bound stops a nucleus-free tile adapting down into plasma and the pale
+    # edges of red cells (those of grey-violet films that reach it are kept out
+    # by min_nuclear_contrast and the nucleus-area floor; 0.12-0.15 here lost
+    # BCD's pale white cells), the upper one keeps pale nuclei when a tile is
+    # full of dark ones. The upper bound, the contrast and the pale level are
+    # about twice those used on OD_R - 0.5 OD_B (0.3, 0.04, 0.2 there), as
+    # nuclei read; the lower bound stayed.
     nuclear_threshold_min: float = 0.08
     nuclear_threshold_max: float = 0.4
     # A nucleus peaks at least this far (OD) above the threshold; granule
@@ -133,7 +136,10 @@ class SegmentConfig:
     min_nucleus_area_um2: float = 14.0
     max_nucleus_area_um2: float = 800.0
     # A nucleus smaller than small_nucleus_um2 must average at least
-    # small_nucleus_min_od (OD) on the nuclear channel; 0 = no such rule.
+    # small_nucleus_min_od (OD) on the nuclear channel; small_nucleus_min_od 0
+    # (or small_nucleus_um2 <= min_nucleus_area_um2) = no such rule. It can
+    # only act where the threshold lies below small_nucleus_min_od (a nucleus's
+    # pixels all exceed the threshold): smears, not the pale-level pass (0.3).
     # Small nuclei (lymphocytes, normoblasts) hold the densest chromatin of
     # all (0.25-0.6 on drawn smears), while a platelet clump's granulomere,
     # which reads like chromatin on OD_G - OD_B, averages ~0.15-0.25 over its
@@ -763,6 +769,9 @@ def config_path(path: str | Path | None, default_name: str) -> Path:
     p = Path(path)
     shipped = PACKAGE_CONFIG_DIR / p.name
     if not p.exists() and shipped.is_file() and (len(p.parts) == 1 or p.parent.as_posix() == "configs"):
+        import logging
+
+        logging.getLogger("slideproc.config").info("config %s: using the shipped %s", path, shipped)
         return shipped
     return p
 

@@ -170,7 +170,8 @@ def plan_record(plan: Plan) -> dict:
                                       **({"red_cells": x.red_cells, "mpp_iqr": list(x.mpp_iqr)}
                                          if x.mpp_iqr is not None else {}),
                                       **({"notes": x.notes} if x.notes else {}),
-                                      # why a source has no mpp (mpp null, mpp_from "")
+                                      # why the source fails: unreadable, no mpp (mpp null,
+                                      # mpp_from ""), too small or too large
                                       **({"error": x.error} if x.error else {})}
                                      for x in s.sources] for s in plan.samples},
     }

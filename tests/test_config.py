@@ -296,6 +296,8 @@ def test_shipped_configs_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
     from slideproc.config import ConfigError, load_run_config
 
     monkeypatch.chdir(tmp_path)
+    # The grey-red-cell preset of stop 20 became the default: its file gives it.
+    assert load_run_config("configs/blood-grey-red-cells.yaml") == load_run_config(None)
     for name in ("configs/od-red-channel.yaml", "od-red-channel.yaml"):
         seg = load_run_config(name).segment
         assert seg.nuclear_weights == (1.0, 0.0, -0.5) and seg.also_weights == () and seg.small_nucleus_min_od == 0

@@ -105,7 +105,12 @@ def test_large_jpeg_is_read_with_the_default_limit(cases_dir, tmp_path):
                "--workers", "1"])
     assert rc == 0
     cells = _cells(out, "big")
-    assert len(cells) == 7
+    # Four Matek crops on glass, centred at 1,128-7,128 px: their four cells and
+    # four nuclei cut by the crops' borders (7 with configs/od-red-channel.yaml,
+    # the channel before issue 15, which found three of the cut ones).
+    assert len(cells) == 8
+    for c in (1128, 3128, 5128, 7128):
+        assert (np.hypot(cells.x - c, cells.y - c) < 30).any(), c  # 2.7 um
     assert cells["x"].max() > 7000 and cells["y"].max() > 7000  # level-0 px of the 9,500 px field
 
 

@@ -14,6 +14,7 @@ of any resolution.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -27,6 +28,7 @@ from .errors import ConfigError
 # any directory; configs/ at the repository root holds the same files for users
 # to copy and edit (tests/test_config.py keeps them equal).
 PACKAGE_CONFIG_DIR = Path(__file__).parent / "configs"
+log = logging.getLogger("slideproc.config")
 
 DEFAULT_NON_CELL = ("ART", "NIF", "KSC")
 DEFAULT_MYELOID = ("BLA", "PMO", "MYB", "MMZ", "NGB", "NGS", "EOS", "ABE", "BAS", "MON", "FGC")
@@ -769,9 +771,7 @@ def config_path(path: str | Path | None, default_name: str) -> Path:
     p = Path(path)
     shipped = PACKAGE_CONFIG_DIR / p.name
     if not p.exists() and shipped.is_file() and (len(p.parts) == 1 or p.parent.as_posix() == "configs"):
-        import logging
-
-        logging.getLogger("slideproc.config").info("config %s: using the shipped %s", path, shipped)
+        log.info("config %s: using the shipped %s", path, shipped)
         return shipped
     return p
 

@@ -574,16 +574,17 @@ def _cells_of(frag: np.ndarray, nuc: np.ndarray, cytoplasm: np.ndarray, t: float
     m = int(group.max())
     flat = cells.ravel()
     fg = np.flatnonzero(flat)
-    nuc_area = np.bincount(flat[fg], minlength=m + 1) * (mpp * mpp)
+    ids, level = flat[fg], nuc.ravel()[fg]  # each nuclear pixel's cell and its level
+    n_px = np.bincount(ids, minlength=m + 1)
+    nuc_area = n_px * (mpp * mpp)
     peak = np.full(m + 1, -np.inf, np.float32)
-    np.maximum.at(peak, flat[fg], nuc.ravel()[fg])
+    np.maximum.at(peak, ids, level)
     ok = (nuc_area >= cfg.min_nucleus_area_um2) & (nuc_area <= cfg.max_nucleus_area_um2)
     ok &= peak >= t + cfg.min_nuclear_contrast
     if cfg.small_nucleus_min_od > 0:
         # Small and pale is a platelet clump, not a nucleus: small nuclei
         # (lymphocytes, normoblasts) hold the densest chromatin of all.
-        level = np.bincount(flat[fg], weights=nuc.ravel()[fg], minlength=m + 1) * (mpp * mpp)
-        mean = level / np.maximum(nuc_area, 1e-9)
+        mean = np.bincount(ids, weights=level, minlength=m + 1) / np.maximum(n_px, 1)
         ok &= (nuc_area >= cfg.small_nucleus_um2) | (mean >= cfg.small_nucleus_min_od)
     ok[0] = False
     renum = np.zeros(m + 1, np.int32)

@@ -243,7 +243,10 @@ def main() -> int:
                     help="with --test: R rounds in which the test crops are the population: the model is "
                          "characterised on crops drawn from them with replacement, with --val's class counts "
                          "times --characterisation-scale, and patients are drawn from them too (does the "
-                         "interval cover when the characterisation set is a fair sample of the patients' cells?)")
+                         "interval cover when the characterisation set is a fair sample of the patients' cells?). "
+                         "One record's error is shared by all its patients, so a class x composition coverage "
+                         "rests on about R independent records: R = 10 puts its lowest of 72 near 0.7 by chance; "
+                         "use R >= 200 (with --patients 3) for the lowest coverage")
     ap.add_argument("--characterisation-scale", type=float, default=1.0,
                     help="with --drawn-characterisation: characterisation set size relative to --val's")
     ap.add_argument("--methods", default=",".join(METHODS))

@@ -187,13 +187,12 @@ def _percent(k: int, n: int) -> tuple[float, float, float]:
 
 
 def _percentiles(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
-    import warnings
+    """Percentile interval of percent replicates, cut to [0, 100] (replicates may be negative:
+    quantify's module doc)."""
+    from .quantify import interval
 
-    alpha = (1.0 - confidence) / 2.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-        low, high = np.nanpercentile(values, [100 * alpha, 100 * (1 - alpha)], axis=0)
-    return low, high
+    low, high = interval(np.asarray(values, np.float64) / 100.0, confidence)
+    return 100.0 * low, 100.0 * high
 
 
 def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid_counted: int) -> dict:
@@ -227,7 +226,10 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
             return np.divide(v[..., my].sum(axis=-1), e, out=np.full_like(e, np.nan), where=e > 0)
 
         r = ratio(pct)
-        r_low, r_high = _percentiles(ratio(rep_pct)[:, None]) if len(rep_pct) else (np.nan, np.nan)
+        # a replicate's negative share (ACC / PACC) counts as none in a ratio of counts
+        rep_ratio = ratio(np.maximum(rep_pct, 0.0))
+        r_low, r_high = (np.nanpercentile(rep_ratio, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+                         if len(rep_pct) and not np.all(np.isnan(rep_ratio)) else (np.nan, np.nan))
         me = (float(r), float(np.ravel(r_low)[0]), float(np.ravel(r_high)[0]))
     return {"adjusted_percent": tuple(float(v) for v in pct), "adjusted_low": tuple(float(v) for v in low),
             "adjusted_high": tuple(float(v) for v in high), "adjusted_blast": blast, "adjusted_me": me,

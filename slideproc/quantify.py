@@ -23,7 +23,12 @@ Intervals (``quantify``): a paired bootstrap. Replicate b refits the method on a
 class-stratified resample of the validation predictions (the classifier's uncertainty from
 its finite validation set: confusion rates, calibration) and applies it to a resample of
 the sample's cells (the sampling of cells); the 2.5 and 97.5 percentiles of the B replicates
-are the 95 % interval. This is QuaPy's AggregativeBootstrap idea (Moreo & Salvati, LQ 2025)
+are the 95 % interval. ACC and PACC replicates are the adjustment's own solution, negative
+shares included, and the interval is cut to [0, 1] afterwards (:func:`interval`): clipping
+each replicate and renormalising it to sum 1 (what the point estimate does) would pull a
+large class's replicates down whenever a small class's went negative, and the interval of
+blasts in a blast-rich marrow would end short of the truth (measured:
+benchmarks/bench_differential.py, BENCHMARKS.md "Monte Carlo size"). This is QuaPy's AggregativeBootstrap idea (Moreo & Salvati, LQ 2025)
 with one validation resample per cell resample instead of every pair, and run in-process:
 QuaPy's own class forks joblib workers (n_jobs=-1) and takes the n_train x n_test product,
 which on a 2-core machine inside a Dask worker costs more than it gives.
@@ -68,6 +73,9 @@ class _Aggregator:
     matrix: np.ndarray | None = None   # (C, C) P(predicted i | true j) for acc / pacc
     prior: np.ndarray | None = None    # (C,) the prior the posteriors are relative to (emq*)
     calibrate: object = None           # callable posteriors -> posteriors (emq-bcts)
+    # acc / pacc: clip negative shares to 0 and renormalise (the point estimate); False for
+    # bootstrap replicates, whose percentiles are cut to [0, 1] instead (module doc).
+    clip: bool = True
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         from quapy.functional import normalize_prevalence
@@ -87,6 +95,8 @@ class _Aggregator:
             # microseconds, paid 200 times per sample by the bootstrap.
             est = ACC.solve_adjustment(class_conditional_rates=self.matrix, unadjusted_counts=q,
                                        method="inversion", solver="exact-cc")
+            if not self.clip:
+                return np.asarray(est, np.float64)
             return np.asarray(normalize_prevalence(est, method="clip"), np.float64)
         post = self.calibrate(probs) if self.calibrate is not None else probs
         with warnings.catch_warnings():
@@ -165,7 +175,9 @@ def fit_quantifier(y_val, p_val, method: str, training_prior=None, n_boot: int =
     fits = [_fit_one(y, p, method, training_prior, n_classes)]
     for _ in range(n_boot):
         idx = _stratified_resample(y, rng)
-        fits.append(_fit_one(y[idx], p[idx], method, training_prior, n_classes))
+        fit = _fit_one(y[idx], p[idx], method, training_prior, n_classes)
+        fit.clip = False
+        fits.append(fit)
     return Quantifier(method, n_classes, fits)
 
 
@@ -197,7 +209,8 @@ def quantify(quantifier: Quantifier, probs, seed: int = 0) -> tuple[np.ndarray, 
     """Estimated class shares of one sample from its cells' calibrated probabilities (N, C).
 
     Returns (point (C,), replicates (B, C)), fractions summing to 1 over all classes; NaN
-    when the sample has no cells. Replicate b applies ``quantifier.fits[b + 1]`` to a
+    when the sample has no cells. The point lies in [0, 1]; ACC / PACC replicates may hold
+    negative shares (module doc): take intervals with :func:`interval`. Replicate b applies ``quantifier.fits[b + 1]`` to a
     resample of the cells (paired bootstrap, see the module doc).
     """
     p = _clean(probs) if len(probs) else np.zeros((0, quantifier.n_classes))
@@ -218,9 +231,9 @@ def quantify(quantifier: Quantifier, probs, seed: int = 0) -> tuple[np.ndarray, 
 
 
 def interval(replicates: np.ndarray, confidence: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of bootstrap replicates (NaN-aware)."""
+    """Percentile interval of bootstrap replicates (NaN-aware), cut to the shares' range [0, 1]."""
     alpha = (1.0 - confidence) / 2.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no cells
         low, high = np.nanpercentile(replicates, [100 * alpha, 100 * (1 - alpha)], axis=axis)
-    return low, high
+    return np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)

@@ -202,3 +202,35 @@ def test_the_default_adjustment_is_exact_when_the_cells_behave_like_the_record()
     assert point == pytest.approx([0.85, 0.15], abs=1e-9)
     em, _ = quantify(fit_quantifier(y, record, "emq-bcts", n_boot=0), cells)
     assert em[0] == pytest.approx(0.8603, abs=5e-4)
+
+
+def test_a_replicate_with_a_negative_share_keeps_the_large_class_whole():
+    # Three nucleated classes; every cell of the patient has the calibrated probabilities
+    # (0.9, 0, 0.1), so resampling cells changes nothing and each replicate is its own
+    # matrix's solution. Replicate 1: the identity (x = q = 0.9, 0, 0.1). Replicate 2: 10 %
+    # of a blast's probability mass on PMO, so x_BLA = 0.9 / 0.9 = 1.0, x_PMO = 0 - 0.1 x_BLA
+    # = -0.1, x_LYT = 0.1. Clipping that replicate and renormalising would give blasts
+    # 1 / 1.1 = 90.9 % and cut the interval short of a marrow of ~100 % blasts; kept whole,
+    # the percentile interval (linear interpolation between the two replicates) is
+    # 90 + 0.025 * 10 = 90.25 % to 90 + 0.975 * 10 = 99.75 %, and PMO's is cut to [0, 0].
+    from slideproc.quantify import Quantifier, _Aggregator
+
+    cfg = ReportConfig(non_cell_classes=(), myeloid_classes=("BLA", "PMO"), erythroid_classes=(), min_cells=10)
+    shifted = np.array([[0.9, 0.0, 0.0], [0.1, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    fits = [_Aggregator("pacc", matrix=np.eye(3)), _Aggregator("pacc", matrix=np.eye(3), clip=False),
+            _Aggregator("pacc", matrix=shifted, clip=False)]
+    probs = np.tile([0.9, 0.0, 0.1], (50, 1))
+    point, reps = quantify(Quantifier("pacc", 3, fits), probs)
+    assert point == pytest.approx([0.9, 0.0, 0.1], abs=1e-5)
+    assert reps[1] == pytest.approx([1.0, -0.1, 0.1], abs=1e-5)
+    low, high = interval(reps)
+    assert low == pytest.approx([0.9025, 0.0, 0.1], abs=1e-5)
+    assert high == pytest.approx([0.9975, 0.0, 0.1], abs=1e-5)
+    d = sample_differential("all-blasts", ["BLA", "PMO", "LYT"], [45, 0, 5], cfg,
+                            adjustment=Adjustment(point, reps, "pacc"))
+    assert d.adjusted_blast == pytest.approx((90.0, 90.25, 99.75), abs=1e-3)
+    assert d.adjusted_low[1] == 0.0 and d.adjusted_high[1] == 0.0
+    # fit_quantifier's replicates are kept whole; its point estimate is clipped
+    y, p = toy_validation()
+    q = fit_quantifier(y, p, "pacc", n_boot=3)
+    assert q.fits[0].clip and not any(f.clip for f in q.fits[1:])

@@ -38,31 +38,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import REAL, record  # noqa: E402
 
-RBC_DIAMETER_UM = 7.5
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from slideproc.detection_eval import BOX_CLASSES, box_mpp, read_yolo_boxes, txl_source  # noqa: E402
+
 SOURCES = ("BCCD", "BCD", "PBC", "Raabin")
-CLASS_NAMES = ("WBC", "RBC", "Platelet")
-
-
-def source_of(size: tuple[int, int]) -> str:
-    """The TXL-PBC source of a field from its (width, height) in pixels."""
-    return {(640, 480): "BCCD", (416, 416): "BCD", (575, 575): "Raabin"}.get(tuple(size), "PBC")
-
-
-def read_boxes(label: Path, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """(M, 4) x0, y0, x1, y1 in pixels and (M,) class names of a YOLO label file."""
-    rows = np.loadtxt(label, ndmin=2) if label.stat().st_size else np.zeros((0, 5))
-    rows = rows.reshape(-1, 5)
-    cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-    return boxes, np.asarray(CLASS_NAMES, dtype=object)[rows[:, 0].astype(int)]
-
-
-def box_mpp(boxes: np.ndarray, classes: np.ndarray, w: int, h: int, min_boxes: int = 3) -> float | None:
-    """7.5 um over the median longer side of the RBC boxes clear of the edge (2 px), or None."""
-    rbc = boxes[classes == "RBC"]
-    clear = (rbc[:, 0] > 2) & (rbc[:, 1] > 2) & (rbc[:, 2] < w - 2) & (rbc[:, 3] < h - 2)
-    sides = np.maximum(rbc[:, 2] - rbc[:, 0], rbc[:, 3] - rbc[:, 1])[clear]
-    return RBC_DIAMETER_UM / float(np.median(sides)) if len(sides) >= min_boxes else None
+CLASS_NAMES = BOX_CLASSES
+# The labels' readers live in slideproc.detection_eval, shared with tests/test_detect.py.
+source_of, read_boxes = txl_source, read_yolo_boxes
 
 
 def fields(data: Path, split: str, sources, limit: int | None):

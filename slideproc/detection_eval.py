@@ -9,6 +9,11 @@ detections, F1, and the count error (detections - truth), per sample and overall
 
 ``slideproc score-detection OUT_DIR TRUTH_CSV`` runs it on a ``detect``/``run``
 output directory (cells/<sample_id>.csv) and a ``truth.csv`` from ``synth``.
+
+Fields annotated with boxes instead (TXL-PBC: WBC / RBC / platelet boxes in YOLO
+label files) are read with :func:`read_yolo_boxes`, their resolution taken from
+the red-cell boxes with :func:`box_mpp`, and scored with :func:`box_hits`; the
+benchmark (benchmarks/bench_txl.py) and the tests share these.
 """
 
 from __future__ import annotations
@@ -241,3 +246,43 @@ def box_hits(points: np.ndarray, boxes: np.ndarray, classes: np.ndarray) -> dict
         hit = inside[sel] if c == "WBC" else inside[sel] & ~in_wbc[None, :]
         out[c] = (int(hit.any(axis=1).sum()), int(sel.sum()))
     return out
+
+
+# TXL-PBC's four sources told apart by field size (px); every other size is PBC (CellaVision
+# fields of ~360 x 363 px). Source: the data set's description (shared data SOURCES).
+TXL_SOURCES = {(640, 480): "BCCD", (416, 416): "BCD", (575, 575): "Raabin"}
+
+
+def txl_source(size: tuple[int, int]) -> str:
+    """The TXL-PBC source ("BCCD", "BCD", "PBC" or "Raabin") of a field from its (width, height) in px."""
+    return TXL_SOURCES.get(tuple(size), "PBC")
+
+
+def read_yolo_boxes(label: str | Path, w: int, h: int,
+                    class_names: tuple[str, ...] = BOX_CLASSES) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of a YOLO label file (one "class cx cy bw bh" line per box, fractions of the field).
+
+    Returns float64 (M, 4) x0, y0, x1, y1 in the field's pixels (``w`` x ``h``) and object
+    (M,) class names (``class_names[class]``); (0, 4) and (0,) for an empty file.
+    Raises OSError for a missing file, ValueError for a malformed one.
+    """
+    label = Path(label)
+    rows = np.loadtxt(label, ndmin=2) if label.stat().st_size else np.zeros((0, 5))
+    rows = rows.reshape(-1, 5)
+    cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    return boxes, np.asarray(class_names, dtype=object)[rows[:, 0].astype(int)]
+
+
+def box_mpp(boxes: np.ndarray, classes: np.ndarray, w: int, h: int, min_boxes: int = 3) -> float | None:
+    """A field's mpp (um/px) from its red-cell boxes: 7.5 um
+    (:data:`slideproc.mpp_estimate.RBC_DIAMETER_UM`) over the median longer side of the
+    "RBC" boxes clear of the field's edge (by more than 2 px; a cut cell's box is short).
+    None when fewer than ``min_boxes`` such boxes. How the TXL-PBC benchmark's reference
+    resolution is set (BENCHMARKS.md)."""
+    from .mpp_estimate import RBC_DIAMETER_UM
+
+    rbc = np.asarray(boxes, np.float64).reshape(-1, 4)[np.asarray(classes) == "RBC"]
+    clear = (rbc[:, 0] > 2) & (rbc[:, 1] > 2) & (rbc[:, 2] < w - 2) & (rbc[:, 3] < h - 2)
+    sides = np.maximum(rbc[:, 2] - rbc[:, 0], rbc[:, 3] - rbc[:, 1])[clear]
+    return RBC_DIAMETER_UM / float(np.median(sides)) if len(sides) >= max(1, min_boxes) else None

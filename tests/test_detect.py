@@ -190,32 +190,25 @@ def test_real_bccd_fields(bccd_dir):
     assert s["rbc_fp"] <= 0.05 and s["platelet_fp"] <= 0.10, s
 
 
-TXL_SOURCES = {(640, 480): "BCCD", (416, 416): "BCD", (575, 575): "Raabin"}  # else PBC (~360 x 363)
 
 
 def txl_scores(txl_dir: Path, per_source: int, cfg: RunConfig | None = None) -> dict:
     """Box hits per TXL-PBC source on the first ``per_source`` val fields of
     each (mpp from each field's red-cell boxes, as benchmarks/bench_txl.py)."""
-    from slideproc.detection_eval import box_hits
+    from slideproc.detection_eval import box_hits, box_mpp, read_yolo_boxes, txl_source
 
-    names = np.array(["WBC", "RBC", "Platelet"], dtype=object)
     tot: dict = {}
     seen: dict = {}
     for img in sorted((txl_dir / "images" / "val").glob("*.jpg")):
         with Image.open(img) as im:
             w, h = im.size
-        src = TXL_SOURCES.get((w, h), "PBC")
+        src = txl_source((w, h))
         if seen.get(src, 0) >= per_source:
             continue
-        rows = np.loadtxt(txl_dir / "labels" / "val" / (img.stem + ".txt"), ndmin=2).reshape(-1, 5)
-        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-        classes = names[rows[:, 0].astype(int)]
-        rbc = boxes[(classes == "RBC") & (boxes[:, 0] > 2) & (boxes[:, 1] > 2) & (boxes[:, 2] < w - 2)
-                    & (boxes[:, 3] < h - 2)]
-        if len(rbc) < 3:
+        boxes, classes = read_yolo_boxes(txl_dir / "labels" / "val" / (img.stem + ".txt"), w, h)
+        mpp = box_mpp(boxes, classes, w, h)
+        if mpp is None:
             continue
-        mpp = 7.5 / float(np.median(np.maximum(rbc[:, 2] - rbc[:, 0], rbc[:, 3] - rbc[:, 1])))
         seen[src] = seen.get(src, 0) + 1
         df = detect_source(SourceRef(str(img), img.name, "image", mpp), cfg or RunConfig())
         for c, (k, n) in box_hits(df[["x", "y"]].to_numpy(), boxes, classes).items():

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from slideproc.cli import main
+from slideproc.detection_eval import box_mpp, read_yolo_boxes, txl_source
 from slideproc.errors import MppEstimateError
 from slideproc.mpp_estimate import (DIAMETER_PER_AREA_DIAMETER, DIAMETER_PER_RADIUS, RBC_DIAMETER_UM, _R_MIN_PX,
                                     _R_STEP, estimate_mpp, opening_transform, whole_cell_diameters)
@@ -92,24 +93,16 @@ def test_field_without_red_cells_is_refused_naming_it():
         estimate_mpp(img, where="x.png")
 
 
-def _box_mpp(label: Path, w: int, h: int) -> float:
-    """7.5 um over the median longer side of the red-cell boxes clear of the edge (as benchmarks/bench_txl.py)."""
-    rows = np.loadtxt(label, ndmin=2).reshape(-1, 5)
-    rbc = rows[rows[:, 0] == 1]
-    cx, cy, bw, bh = rbc[:, 1] * w, rbc[:, 2] * h, rbc[:, 3] * w, rbc[:, 4] * h
-    clear = (cx - bw / 2 > 2) & (cy - bh / 2 > 2) & (cx + bw / 2 < w - 2) & (cy + bh / 2 < h - 2)
-    return RBC_DIAMETER_UM / float(np.median(np.maximum(bw, bh)[clear]))
-
-
 def _txl_val_fields(txl_dir: Path, per_source: int) -> list[tuple[Path, float]]:
     """The first ``per_source`` val fields of each TXL-PBC source (told apart by size) with their box mpp."""
     by_size: dict = {}
     for img in sorted((txl_dir / "images" / "val").iterdir()):
         with Image.open(img) as im:
             size = im.size
-        key = size if size in {(640, 480), (416, 416), (575, 575)} else "PBC"
+        key = txl_source(size)
         if len(by_size.setdefault(key, [])) < per_source:
-            by_size[key].append((img, _box_mpp(txl_dir / "labels" / "val" / f"{img.stem}.txt", *size)))
+            boxes, classes = read_yolo_boxes(txl_dir / "labels" / "val" / f"{img.stem}.txt", *size)
+            by_size[key].append((img, box_mpp(boxes, classes, *size, min_boxes=1)))
     return [f for fields in by_size.values() for f in fields]
 
 

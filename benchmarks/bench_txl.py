@@ -43,8 +43,6 @@ from slideproc.detection_eval import BOX_CLASSES, box_mpp, read_yolo_boxes, txl_
 
 SOURCES = ("BCCD", "BCD", "PBC", "Raabin")
 CLASS_NAMES = BOX_CLASSES
-# The labels' readers live in slideproc.detection_eval, shared with tests/test_detect.py.
-source_of, read_boxes = txl_source, read_yolo_boxes
 
 
 def fields(data: Path, split: str, sources, limit: int | None):
@@ -55,7 +53,7 @@ def fields(data: Path, split: str, sources, limit: int | None):
     for img in sorted((data / "images" / split).iterdir()):
         with Image.open(img) as im:
             size = im.size
-        src = source_of(size)
+        src = txl_source(size)
         if src in sources:
             per[src].append((img, data / "labels" / split / (img.stem + ".txt"), src, size))
     out = []
@@ -77,7 +75,7 @@ def _one(job):
 
     cfg = load_run_config(config)
     cfg = with_overrides(cfg, overrides) if overrides else cfg
-    boxes, classes = read_boxes(label, w, h)
+    boxes, classes = read_yolo_boxes(label, w, h)
     row = {"field": img.name, "source": src, "mode": mode, "mpp_boxes": mpp_boxes, "own_boxes": own_boxes}
     mpp = mpp_boxes
     if mode == "auto":  # what --mpp auto does: the field's resolution from its red cells
@@ -184,7 +182,7 @@ def main() -> int:
     # Box mpp per field; fields with too few clear red cells take their source's median.
     mpps = []
     for img, label, src, (w, h) in todo:
-        mpps.append(box_mpp(*read_boxes(label, w, h), w, h))
+        mpps.append(box_mpp(*read_yolo_boxes(label, w, h), w, h))
     median = {s: float(np.median([m for m, t in zip(mpps, todo) if t[2] == s and m])) for s in args.sources
               if any(m for m, t in zip(mpps, todo) if t[2] == s)}
     jobs = [(img, label, src, size, mode, m or median[src], m is not None, overrides, args.config)

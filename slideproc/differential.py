@@ -186,13 +186,13 @@ def _percent(k: int, n: int) -> tuple[float, float, float]:
     return 100.0 * k / n, 100.0 * low, 100.0 * high
 
 
-def _percentiles(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of percent replicates, cut to [0, 100] (replicates may be negative:
-    quantify's module doc)."""
+def _percentiles(values: np.ndarray, confidence: float = CONFIDENCE,
+                 bounds: tuple[float, float] = (0.0, 100.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of percent replicates (B, ...) over B, cut to ``bounds`` (replicates
+    may be negative: quantify's module doc)."""
     from .quantify import interval
 
-    low, high = interval(np.asarray(values, np.float64) / 100.0, confidence)
-    return 100.0 * low, 100.0 * high
+    return interval(np.asarray(values, np.float64), confidence, bounds=bounds)
 
 
 def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid_counted: int) -> dict:
@@ -227,10 +227,9 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
 
         r = ratio(pct)
         # a replicate's negative share (ACC / PACC) counts as none in a ratio of counts
-        rep_ratio = ratio(np.maximum(rep_pct, 0.0))
-        r_low, r_high = (np.nanpercentile(rep_ratio, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-                         if len(rep_pct) and not np.all(np.isnan(rep_ratio)) else (np.nan, np.nan))
-        me = (float(r), float(np.ravel(r_low)[0]), float(np.ravel(r_high)[0]))
+        r_low, r_high = (_percentiles(ratio(np.maximum(rep_pct, 0.0)), bounds=(0.0, np.inf)) if len(rep_pct)
+                         else (np.nan, np.nan))
+        me = (float(r), float(r_low), float(r_high))
     return {"adjusted_percent": tuple(float(v) for v in pct), "adjusted_low": tuple(float(v) for v in low),
             "adjusted_high": tuple(float(v) for v in high), "adjusted_blast": blast, "adjusted_me": me,
             "adjustment_method": adj.method}

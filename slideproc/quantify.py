@@ -27,9 +27,9 @@ are the 95 % interval. ACC and PACC replicates are the adjustment's own solution
 shares included, and the interval is cut to [0, 1] afterwards (:func:`interval`): clipping
 each replicate and renormalising it to sum 1 (what the point estimate does) would pull a
 large class's replicates down whenever a small class's went negative, and the interval of
-blasts in a blast-rich marrow would end short of the truth (measured:
-benchmarks/bench_differential.py, BENCHMARKS.md "Monte Carlo size"). This is QuaPy's AggregativeBootstrap idea (Moreo & Salvati, LQ 2025)
-with one validation resample per cell resample instead of every pair, and run in-process:
+blasts in a blast-rich marrow would end short of the truth (measured with
+benchmarks/bench_differential.py: BENCHMARKS.md, "The interval's lowest coverage").
+This is QuaPy's AggregativeBootstrap idea (Moreo & Salvati, LQ 2025) with one validation resample per cell resample instead of every pair, and run in-process:
 QuaPy's own class forks joblib workers (n_jobs=-1) and takes the n_train x n_test product,
 which on a 2-core machine inside a Dask worker costs more than it gives.
 
@@ -106,16 +106,16 @@ class _Aggregator:
 
 
 def _fit_one(y: np.ndarray, p: np.ndarray, method: str, training_prior: np.ndarray | None,
-             n_classes: int) -> _Aggregator:
+             n_classes: int, clip: bool = True) -> _Aggregator:
     from quapy.method.aggregative import ACC, PACC
 
     classes = np.arange(n_classes)
     if method in ("cc", "pcc"):
         return _Aggregator(method)
     if method == "acc":
-        return _Aggregator(method, matrix=ACC.getPteCondEstim(classes, y, p.argmax(axis=1)))
+        return _Aggregator(method, matrix=ACC.getPteCondEstim(classes, y, p.argmax(axis=1)), clip=clip)
     if method == "pacc":
-        return _Aggregator(method, matrix=PACC.getPteCondEstim(classes, y, p))
+        return _Aggregator(method, matrix=PACC.getPteCondEstim(classes, y, p), clip=clip)
     if method == "emq":
         prior = (np.asarray(training_prior, np.float64) if training_prior is not None
                  else np.bincount(y, minlength=n_classes) / len(y))
@@ -175,9 +175,7 @@ def fit_quantifier(y_val, p_val, method: str, training_prior=None, n_boot: int =
     fits = [_fit_one(y, p, method, training_prior, n_classes)]
     for _ in range(n_boot):
         idx = _stratified_resample(y, rng)
-        fit = _fit_one(y[idx], p[idx], method, training_prior, n_classes)
-        fit.clip = False
-        fits.append(fit)
+        fits.append(_fit_one(y[idx], p[idx], method, training_prior, n_classes, clip=False))
     return Quantifier(method, n_classes, fits)
 
 
@@ -210,8 +208,8 @@ def quantify(quantifier: Quantifier, probs, seed: int = 0) -> tuple[np.ndarray, 
 
     Returns (point (C,), replicates (B, C)), fractions summing to 1 over all classes; NaN
     when the sample has no cells. The point lies in [0, 1]; ACC / PACC replicates may hold
-    negative shares (module doc): take intervals with :func:`interval`. Replicate b applies ``quantifier.fits[b + 1]`` to a
-    resample of the cells (paired bootstrap, see the module doc).
+    negative shares (module doc): take intervals with :func:`interval`. Replicate b applies
+    ``quantifier.fits[b + 1]`` to a resample of the cells (paired bootstrap, see the module doc).
     """
     p = _clean(probs) if len(probs) else np.zeros((0, quantifier.n_classes))
     point = quantifier.fits[0](p)
@@ -230,10 +228,12 @@ def quantify(quantifier: Quantifier, probs, seed: int = 0) -> tuple[np.ndarray, 
     return point, reps
 
 
-def interval(replicates: np.ndarray, confidence: float = 0.95, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval of bootstrap replicates (NaN-aware), cut to the shares' range [0, 1]."""
+def interval(replicates: np.ndarray, confidence: float = 0.95, axis: int = 0,
+             bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of bootstrap replicates (NaN-aware), cut to ``bounds`` (the
+    shares' range [0, 1] by default; (0, 100) for percents)."""
     alpha = (1.0 - confidence) / 2.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no cells
         low, high = np.nanpercentile(replicates, [100 * alpha, 100 * (1 - alpha)], axis=axis)
-    return np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+    return np.clip(low, *bounds), np.clip(high, *bounds)

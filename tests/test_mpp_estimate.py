@@ -95,15 +95,15 @@ def test_field_without_red_cells_is_refused_naming_it():
 
 def _txl_val_fields(txl_dir: Path, per_source: int) -> list[tuple[Path, float]]:
     """The first ``per_source`` val fields of each TXL-PBC source (told apart by size) with their box mpp."""
-    by_size: dict = {}
+    by_source: dict = {}
     for img in sorted((txl_dir / "images" / "val").iterdir()):
         with Image.open(img) as im:
             size = im.size
         key = txl_source(size)
-        if len(by_size.setdefault(key, [])) < per_source:
+        if len(by_source.setdefault(key, [])) < per_source:
             boxes, classes = read_yolo_boxes(txl_dir / "labels" / "val" / f"{img.stem}.txt", *size)
-            by_size[key].append((img, box_mpp(boxes, classes, *size, min_boxes=1)))
-    return [f for fields in by_size.values() for f in fields]
+            by_source[key].append((img, box_mpp(boxes, classes, *size, min_boxes=1)))
+    return [f for fields in by_source.values() for f in fields]
 
 
 def test_estimate_on_real_fields_of_four_microscopes(txl_dir):

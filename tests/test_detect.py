@@ -190,8 +190,6 @@ def test_real_bccd_fields(bccd_dir):
     assert s["rbc_fp"] <= 0.05 and s["platelet_fp"] <= 0.10, s
 
 
-
-
 def txl_scores(txl_dir: Path, per_source: int, cfg: RunConfig | None = None) -> dict:
     """Box hits per TXL-PBC source on the first ``per_source`` val fields of
     each (mpp from each field's red-cell boxes, as benchmarks/bench_txl.py)."""

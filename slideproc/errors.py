@@ -65,3 +65,13 @@ class NonSquarePixelsError(MissingMppError):
 
 class MppEstimateError(MissingMppError):
     """``--mpp auto`` found too few red cells (or an implausible size) to estimate a source's resolution."""
+
+
+class FieldsDisagreeError(MppEstimateError):
+    """``--mpp auto``: the red cells of one sample's fields give resolutions too far
+    apart to pool (fields taken with different objectives); ``path`` is the field
+    furthest from the others."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path

@@ -56,6 +56,12 @@ line naming the file) when the red cells at the typical size cover less than
 the field (a crop around one cell), or the result lies outside
 :data:`slideproc.sources.mpp.MPP_RANGE_UM`: a field of blasts without red cells,
 a blank field, a thumbnail.
+
+A sample of several fields gets one value, :func:`pool_estimates` (the median of
+its fields' estimates), which ``plan`` computes once in the driver
+(:mod:`slideproc.plan`) and the workers take from the source references: the
+fields share one microscope, a field's own estimate scatters around it, and a
+field too poor in red cells to be measured alone takes the sample's value.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import SegmentConfig
-from .errors import MppEstimateError
+from .errors import FieldsDisagreeError, MppEstimateError
 
 # Normal red-cell diameter in a dried, stained film, um: 6.7-7.7 um (LabCE,
 # "Appearance of the erythrocyte"); ~7.5 um in Bain BJ, Blood Cells: A
@@ -92,6 +98,12 @@ MIN_RED_CELLS = 3
 # 177 of the 181 estimated within 10 %) and every 40th developer Matek crop
 # (keeps 17 of the 56 estimates, was 56, of which 9 and 2 within 10 %).
 MIN_COVERAGE = 0.10
+# A sample's fields whose own estimates lie further apart than this factor from
+# their median are not pooled (pool_estimates): on 1,226 TXL-PBC fields, each
+# source one microscope, a field's estimate lay within 0.74-1.47 times its
+# source's median (train and val), and objectives differ by 1.6x (60x / 100x)
+# or more.
+POOL_DISAGREEMENT = 1.5
 # Whole cells needed for the area reading to count.
 _MIN_WHOLE_CELLS = 3
 # Fields longer than this (px) are measured on a decimated copy: a red cell
@@ -125,10 +137,50 @@ class MppEstimate:
     low: float
     high: float
 
+    # How many fields the estimate pools (pool_estimates); 1 for one field's own.
+    fields: int = 1
+
     @property
     def spread(self) -> float:
         """(high - low) / mpp: the interquartile range relative to the estimate."""
         return (self.high - self.low) / self.mpp
+
+
+def pool_estimates(estimates: dict[str, MppEstimate]) -> MppEstimate:
+    """One resolution for a sample's fields: the median of their estimates (taken on
+    log mpp, so a field 20 % over weighs as one 20 % under).
+
+    Why pool: a sample is one film under one microscope and camera, so its fields
+    share one true resolution; each field's own estimate scatters around it by
+    ~6-8 % (TXL-PBC, one source per microscope: standard deviation of a field's
+    estimate over its source's median 0.05-0.08), and a field with too few red
+    cells of its own, which would fail its whole sample, takes the pooled value.
+    Measured with benchmarks/bench_txl.py (BENCHMARKS.md, "--mpp auto"): fields
+    within 10 % of their box mpp 79 % -> 84 % on val in samples of 10 fields.
+
+    ``estimates``: {field path: its own estimate}, at least one. Returns an
+    :class:`MppEstimate` with ``n_cells`` summed, ``low``/``high`` the 25th / 75th
+    percentiles of the fields' estimates (one field: its own) and ``fields``.
+    Raises :class:`~slideproc.errors.FieldsDisagreeError` naming the field when its
+    estimate lies more than :data:`POOL_DISAGREEMENT` times off the median: fields
+    taken with different objectives, which one value would misread.
+    """
+    if not estimates:
+        raise ValueError("pool_estimates needs at least one field's estimate")
+    if len(estimates) == 1:
+        return next(iter(estimates.values()))
+    logs = np.log([e.mpp for e in estimates.values()])
+    mpp = float(np.exp(np.median(logs)))
+    worst = max(estimates, key=lambda k: abs(np.log(estimates[k].mpp / mpp)))
+    ratio = estimates[worst].mpp / mpp
+    if max(ratio, 1 / ratio) > POOL_DISAGREEMENT:
+        raise FieldsDisagreeError(
+            f"{worst}: its red cells read {estimates[worst].mpp:.3g} um/px against {mpp:.3g} um/px for its "
+            f"sample's {len(estimates)} fields (more than {POOL_DISAGREEMENT:g}x apart: another objective?); "
+            "put fields taken at other magnifications in their own sample (folder), or give each its mpp "
+            "in manifest.csv", worst)
+    low, high = np.exp(np.percentile(logs, [25, 75]))
+    return MppEstimate(mpp, sum(e.n_cells for e in estimates.values()), float(low), float(high), len(estimates))
 
 
 def _masks(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .config import RunConfig
-from .errors import SlideprocError
+from .detect import check_holds_a_cell
+from .errors import FieldsDisagreeError, MppEstimateError, SlideprocError
+from .mpp_estimate import pool_estimates
 from .sources import open_source, resolve_mpp
 from .sources.discover import Discovery, SampleSpec, discover
 
@@ -38,10 +40,17 @@ class SourcePlan:
     format: str = ""
     mpp: float | None = None
     mpp_from: str = ""
-    # For an estimated mpp: red cells measured and the interquartile range
-    # (um/px) their diameters give.
+    # For an estimated mpp: the field's own red cells measured and the
+    # interquartile range (um/px) their diameters give; ``field_mpp`` its own
+    # estimate and ``sample_fields`` how many fields the sample's value (``mpp``)
+    # pools (mpp_estimate.pool_estimates). ``estimate_refused``: the field alone
+    # has too few red cells (``error`` says so unless the sample's value covers it).
     red_cells: int | None = None
     mpp_iqr: tuple[float, float] | None = None
+    field_mpp: float | None = None
+    sample_fields: int = 1
+    estimate_refused: bool = False
+    field_estimate: object | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -84,34 +93,90 @@ def plan_source(ref, cfg: RunConfig) -> SourcePlan:
         sp.dimensions = tuple(reader.dimensions)
         sp.format = reader.format
         sp.notes += list(getattr(reader, "conversions", []))
-        res = resolve_mpp(reader, ref, cfg.source)
-        sp.mpp, sp.mpp_from = res.mpp, res.source
-        if res.estimate is not None:
-            sp.red_cells, sp.mpp_iqr = res.estimate.n_cells, (res.estimate.low, res.estimate.high)
-        if res.note:
-            sp.notes.append(res.note)
-        from .detect import check_holds_a_cell
-
-        check_holds_a_cell(ref.path, sp.dimensions, res.mpp, cfg)
+        try:
+            res = resolve_mpp(reader, ref, cfg.source)
+        except MppEstimateError as err:
+            # The sample's other fields may cover it (_share_estimate); the error stands otherwise.
+            sp.error, sp.estimate_refused, res = str(err), True, None
+        if res is not None:
+            sp.mpp, sp.mpp_from = res.mpp, res.source
+            if res.estimate is not None:
+                sp.field_estimate, sp.field_mpp = res.estimate, res.estimate.mpp
+                sp.red_cells, sp.mpp_iqr = res.estimate.n_cells, (res.estimate.low, res.estimate.high)
+            if res.note:
+                sp.notes.append(res.note)
+            check_holds_a_cell(ref.path, sp.dimensions, res.mpp, cfg)
         if getattr(reader, "header", None) is not None:
             from .sources.image_reader import check_pixels
 
             check_pixels(ref.path, sp.dimensions, cfg.source.max_image_pixels)
     except SlideprocError as err:
-        sp.error = str(err)
+        sp.error, sp.estimate_refused = str(err), False
     finally:
         reader.close()
     return sp
 
 
-def plan_samples(samples: list[SampleSpec], cfg: RunConfig) -> list[SamplePlan]:
-    return [SamplePlan(s.sample_id, s.origin, [plan_source(r, cfg) for r in s.sources]) for s in samples]
+def _share_estimate(spec: SampleSpec, sample: SamplePlan, cfg: RunConfig) -> SampleSpec:
+    """Give the sources of ``spec`` whose mpp is estimated from red cells one value,
+    pooled over them (:func:`slideproc.mpp_estimate.pool_estimates`): updates
+    ``sample`` and returns ``spec`` with each such reference carrying it
+    (``SourceRef.sample_mpp``), so the workers neither estimate again nor differ.
+
+    A field refused for too few red cells takes the pooled value (a note says so);
+    fields that disagree beyond the pooling's bound fail the sample with one line
+    naming the field furthest from the others (every reference carries it). Without any field estimated, nothing changes.
+    """
+    own = {s.path: s.field_estimate for s in sample.sources if s.field_estimate is not None}
+    if not own:
+        return spec
+    shared = [s.field_estimate is not None or s.estimate_refused for s in sample.sources]
+    try:
+        pooled = pool_estimates(own)
+    except FieldsDisagreeError as err:
+        # the sample fails; the line names the field furthest from the others
+        for s, pooled_here in zip(sample.sources, shared):
+            if pooled_here:
+                s.mpp, s.mpp_from, s.estimate_refused = None, "", False
+                s.error = str(err) if s.path == err.path else s.error
+        return replace(spec, sources=tuple(replace(r, sample_mpp_error=str(err)) if pooled_here else r
+                                           for r, pooled_here in zip(spec.sources, shared)))
+    for s, pooled_here in zip(sample.sources, shared):
+        if not pooled_here:
+            continue
+        if s.estimate_refused:
+            why = s.error.split("cannot estimate the resolution from red cells: ", 1)[-1].split("; give", 1)[0]
+            s.error, s.estimate_refused = "", False
+            s.notes.append(f"{s.path}: too few red cells to measure alone ({why}); takes the sample's estimate")
+            try:
+                check_holds_a_cell(s.path, s.dimensions, pooled.mpp, cfg)
+            except SlideprocError as err:
+                s.error = str(err)
+        s.mpp, s.mpp_from, s.sample_fields = pooled.mpp, "estimated", pooled.fields
+    return replace(spec, sources=tuple(replace(r, sample_mpp=pooled) if pooled_here else r
+                                       for r, pooled_here in zip(spec.sources, shared)))
+
+
+def plan_samples(samples: list[SampleSpec], cfg: RunConfig) -> tuple[list[SamplePlan], list[SampleSpec]]:
+    """Each sample's plan, and its spec with the sample's pooled red-cell estimate on
+    its references (unchanged where no source is estimated)."""
+    plans, specs = [], []
+    for spec in samples:
+        plan = SamplePlan(spec.sample_id, spec.origin, [plan_source(r, cfg) for r in spec.sources])
+        plans.append(plan)
+        specs.append(_share_estimate(spec, plan, cfg))
+    return plans, specs
 
 
 def plan_inputs(inputs, cfg: RunConfig) -> Plan:
-    """Discover ``inputs`` and plan every source. UsageError as :func:`discover`."""
+    """Discover ``inputs`` and plan every source. UsageError as :func:`discover`.
+
+    ``Plan.discovery.samples`` are the specs to run: where mpp is estimated from
+    red cells, their references carry the sample's pooled estimate.
+    """
     found = discover(inputs)
-    return Plan(plan_samples(found.samples, cfg), found)
+    plans, found.samples = plan_samples(found.samples, cfg)
+    return Plan(plans, found)
 
 
 def _mpp_text(sources: list[SourcePlan]) -> str:
@@ -146,9 +211,16 @@ def format_plan(plan: Plan) -> str:
         for s in sample.sources:
             dims = f"{s.dimensions[0]} x {s.dimensions[1]} px" if s.dimensions else ""
             mpp = f"{s.mpp:.4g} um/px ({s.mpp_from})" if s.mpp is not None else ""
-            if s.mpp_iqr is not None:
-                mpp = (f"{s.mpp:.4g} um/px (estimated from {s.red_cells} red cells, "
-                       f"IQR {s.mpp_iqr[0]:.4g}-{s.mpp_iqr[1]:.4g})")
+            own = (f"{s.red_cells} red cells, IQR {s.mpp_iqr[0]:.4g}-{s.mpp_iqr[1]:.4g}"
+                   if s.mpp_iqr is not None else "")
+            if s.mpp is not None and s.sample_fields > 1:
+                here = f"{s.field_mpp:.4g} from {own}" if s.field_mpp is not None else "too few red cells"
+                mpp = (f"{s.mpp:.4g} um/px (estimated: median of the sample's {s.sample_fields} fields; "
+                       f"this field {here})")
+            elif own and s.mpp is not None:
+                mpp = f"{s.mpp:.4g} um/px (estimated from {own})"
+            elif own:  # not pooled: the sample's fields disagree (ERROR below)
+                mpp = f"its red cells read {s.field_mpp:.4g} um/px ({own})"
             lines.append("  " + "  ".join(x for x in (s.name, s.format, dims, mpp) if x))
             for note in s.notes:
                 lines.append(f"    note: {note}")
@@ -167,8 +239,11 @@ def plan_record(plan: Plan) -> dict:
     return {
         "left_out": [{"path": p, "reason": why} for p, why in plan.left_out],
         "resolution": {s.sample_id: [{"source": x.name, "mpp": x.mpp, "mpp_from": x.mpp_from,
-                                      **({"red_cells": x.red_cells, "mpp_iqr": list(x.mpp_iqr)}
+                                      **({"red_cells": x.red_cells, "mpp_iqr": list(x.mpp_iqr),
+                                          "field_mpp": x.field_mpp}
                                          if x.mpp_iqr is not None else {}),
+                                      # the sample's value pools this many fields' estimates
+                                      **({"sample_fields": x.sample_fields} if x.sample_fields > 1 else {}),
                                       **({"notes": x.notes} if x.notes else {}),
                                       # why the source fails: unreadable, no mpp (mpp null,
                                       # mpp_from ""), too small or too large

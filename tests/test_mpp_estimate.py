@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from slideproc.cli import main
 from slideproc.detection_eval import box_mpp, read_yolo_boxes, txl_source
-from slideproc.errors import MppEstimateError
+from slideproc.errors import FieldsDisagreeError, MppEstimateError
 from slideproc.mpp_estimate import (DIAMETER_PER_AREA_DIAMETER, DIAMETER_PER_RADIUS, RBC_DIAMETER_UM, _R_MIN_PX,
-                                    _R_STEP, estimate_mpp, opening_transform, whole_cell_diameters)
+                                    _R_STEP, MppEstimate, estimate_mpp, opening_transform, pool_estimates,
+                                    whole_cell_diameters)
 
 RADII = _R_MIN_PX * _R_STEP ** np.arange(120)
 
@@ -191,3 +193,99 @@ def test_manifest_mpp_auto_and_config_key(auto_inputs, tmp_path, capsys):
     cfg.write_text("source:\n  estimate_mpp: yes\n")
     assert main(["plan", str(auto_inputs / "film"), "--config", str(cfg)]) == 2
     assert "source.estimate_mpp" in capsys.readouterr().err
+
+
+def _estimate(mpp: float, n_cells: int = 10) -> MppEstimate:
+    return MppEstimate(mpp, n_cells, 0.95 * mpp, 1.05 * mpp)
+
+
+def test_a_samples_fields_pool_to_the_median_of_their_estimates():
+    """Three fields at 0.100, 0.110 and 0.125 um/px: the sample's value is their
+    median, 0.110; the spread is the fields' 25th-75th percentiles on log mpp
+    (exp of the mean of adjacent logs: sqrt(0.100 x 0.110) and sqrt(0.110 x 0.125));
+    red cells add up. One field pools to itself."""
+    pooled = pool_estimates({"a.png": _estimate(0.100), "b.png": _estimate(0.110, 4), "c.png": _estimate(0.125)})
+    assert pooled.mpp == pytest.approx(0.110)
+    assert (pooled.low, pooled.high) == pytest.approx((np.sqrt(0.100 * 0.110), np.sqrt(0.110 * 0.125)))
+    assert pooled.n_cells == 24 and pooled.fields == 3
+    one = _estimate(0.2)
+    assert pool_estimates({"a.png": one}) is one
+
+
+def test_fields_of_another_magnification_are_not_pooled_but_named():
+    """A field whose red cells read more than 1.5x the others' median (another
+    objective) is refused by name: one value would misread it or them. 1.45x is
+    pooled (on TXL-PBC a field lay up to 1.47x from its microscope's median)."""
+    with pytest.raises(FieldsDisagreeError, match=r"^c\.png: its red cells read 0\.16 um/px against 0\.1 um/px") as err:
+        pool_estimates({"a.png": _estimate(0.100), "b.png": _estimate(0.100), "c.png": _estimate(0.160)})
+    assert err.value.path == "c.png"
+    assert pool_estimates({"a.png": _estimate(0.100), "b.png": _estimate(0.100),
+                           "c.png": _estimate(0.145)}).mpp == pytest.approx(0.100)
+
+
+@pytest.fixture(scope="module")
+def pooled_inputs(tmp_path_factory) -> Path:
+    """Two samples of PNG fields without a resolution: ``film`` holds two fields of
+    red cells 20 and 21 px in radius and a field of glass and one nucleated cell
+    (too few red cells alone); ``mixed`` two fields at 20 px and one at 40 px
+    (twice the magnification)."""
+    root = tmp_path_factory.mktemp("pooled")
+    (root / "film").mkdir()
+    (root / "mixed").mkdir()
+    for folder, radii in (("film", (20.0, 21.0)), ("mixed", (20.0, 20.0, 40.0))):
+        for k, r in enumerate(radii):
+            Image.fromarray(_red_cell_field(r, seed=10 + k)).save(root / folder / f"f{k}_{int(r)}px.png")
+    blank = np.full((500, 500, 3), 236, np.uint8)
+    blank[_disc((500, 500), 250, 250, 30)] = (95, 60, 150)
+    Image.fromarray(blank).save(root / "film" / "glass.png")
+    return root
+
+
+def test_detect_with_mpp_auto_pools_a_samples_fields(pooled_inputs, tmp_path, capsys):
+    """`detect --mpp auto`: the film's three fields run at one value, the median
+    of its two measurable fields' estimates, and the glass field (refused alone)
+    takes it with a note instead of failing the sample; the mixed sample fails
+    with one line naming the 40 px field; exit 1."""
+    film = pooled_inputs / "film"
+    own = [estimate_mpp(np.asarray(Image.open(film / name))) for name in ("f0_20px.png", "f1_21px.png")]
+    expected = float(np.sqrt(own[0].mpp * own[1].mpp))  # the median of two on log mpp
+    out = tmp_path / "det"
+    assert main(["-q", "detect", str(pooled_inputs), "--out", str(out), "--mpp", "auto", "--workers", "1"]) == 1
+    record = json.loads((out / "run.json").read_text())
+    by_name = {r["source"]: r for r in record["resolution"]["film"]}
+    assert {r["mpp_from"] for r in by_name.values()} == {"estimated"}
+    assert [r["mpp"] for r in by_name.values()] == pytest.approx([expected] * 3)
+    assert by_name["f0_20px.png"]["field_mpp"] == pytest.approx(own[0].mpp)
+    assert by_name["f0_20px.png"]["sample_fields"] == 2
+    assert "too few red cells to measure alone" in by_name["glass.png"]["notes"][0]
+    cells = pd.read_csv(out / "cells" / "film.csv")
+    assert set(cells["source"]) == {"f0_20px.png", "f1_21px.png", "glass.png"}  # the glass field's one cell too
+    err = capsys.readouterr().err
+    assert f"mixed: open: {pooled_inputs / 'mixed' / 'f2_40px.png'}: its red cells read" in err
+    assert "more than 1.5x apart" in err and not (out / "cells" / "mixed.csv").exists()
+    assert main(["plan", str(film), "--mpp", "auto"]) == 0
+    assert f"{expected:.4g} um/px (estimated: median of the sample's 2 fields; this field too few red cells)" \
+        in capsys.readouterr().out
+
+
+def test_a_real_field_with_too_few_red_cells_takes_its_samples_estimate(txl_dir, tmp_path):
+    """TXL-PBC val, BCCD: a field whose red cells alone are too few (refused by
+    itself: "found 2 at a typical size, need 3") with two fields of the same
+    microscope: the sample runs whole under --mpp auto, the refused field at the
+    others' median, which lies within 10 % of its own red-cell boxes' mpp."""
+    import shutil
+
+    names = ("03268486-3908-5ee2-813d-356b854dd0af", "071929c1-7e8d-5a67-95cb-94dd55792d2d",
+             "2b174855-4f5b-5ead-ba1b-f217851d6cb9")
+    sample = tmp_path / "bccd"
+    sample.mkdir()
+    for name in names:
+        shutil.copy(txl_dir / "images" / "val" / f"{name}.jpg", sample)
+    with pytest.raises(MppEstimateError, match="found 2 at a typical size, need 3"):
+        estimate_mpp(np.asarray(Image.open(sample / f"{names[2]}.jpg").convert("RGB")))
+    out = tmp_path / "det"
+    assert main(["-q", "detect", str(sample), "--out", str(out), "--mpp", "auto", "--workers", "1"]) == 0
+    refused = json.loads((out / "run.json").read_text())["resolution"]["bccd"][2]
+    boxes, classes = read_yolo_boxes(txl_dir / "labels" / "val" / f"{names[2]}.txt", 640, 480)
+    assert refused["mpp"] == pytest.approx(box_mpp(boxes, classes, 640, 480, min_boxes=1), rel=0.10)
+    assert (pd.read_csv(out / "cells" / "bccd.csv")["source"] == f"{names[2]}.jpg").any()

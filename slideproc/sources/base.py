@@ -29,6 +29,11 @@ class SourceRef:
     0-based page this source is; its ``name`` is then ``file#N`` (N from 1).
     ``estimate_mpp``: the manifest's mpp column says ``auto`` (estimate the
     resolution from the red cells, :mod:`slideproc.mpp_estimate`).
+    ``sample_mpp``: where the resolution is estimated from red cells, the
+    sample's pooled estimate (an :class:`~slideproc.mpp_estimate.MppEstimate`
+    over all its fields, :func:`slideproc.plan.plan_inputs`), used in place of
+    this file's own; ``sample_mpp_error``: why the sample has none (its fields
+    disagree), raised for every field of it.
     """
 
     path: str
@@ -37,6 +42,8 @@ class SourceRef:
     mpp: float | None = None
     page: int | None = None
     estimate_mpp: bool = False
+    sample_mpp: "MppEstimate | None" = None  # noqa: F821 - slideproc.mpp_estimate, not imported here
+    sample_mpp_error: str = ""
 
 
 @runtime_checkable

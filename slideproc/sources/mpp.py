@@ -16,7 +16,8 @@
    ``source.estimate_mpp`` is ``red_cells`` (``--mpp auto``); also, before
    metadata, when the manifest's mpp column says ``auto``. The only branch
    that reads pixels; refused with :class:`MppEstimateError` (one line naming
-   the file) when the field holds too few red cells;
+   the file) when the field holds too few red cells. A sample's fields share
+   one value, pooled by the plan (``SourceRef.sample_mpp``);
 5. ``"config fallback"``: ``source.fallback_mpp_um``;
 6. otherwise :class:`MissingMppError` naming the file and the fixes.
 
@@ -69,6 +70,10 @@ class ResolvedMpp:
         e = self.estimate
         if e is None:
             return self.source
+        fields = getattr(e, "fields", 1)
+        if fields > 1:
+            return (f"estimated from {e.n_cells} red cells in the sample's {fields} fields, "
+                    f"fields' IQR {e.low:.4g}-{e.high:.4g}")
         return f"estimated from {e.n_cells} red cells, IQR {e.low:.4g}-{e.high:.4g}"
 
 
@@ -97,9 +102,13 @@ def plausible(mpp: float) -> bool:
 
 
 def _estimated(reader: SlideReader, ref: SourceRef, meta) -> ResolvedMpp:
+    from ..errors import MppEstimateError
     from ..mpp_estimate import estimate_source_mpp
 
-    est = estimate_source_mpp(reader, ref)
+    if ref.sample_mpp_error:
+        raise MppEstimateError(ref.sample_mpp_error)
+    # The sample's pooled estimate when the plan made one (mpp_estimate.pool_estimates)
+    est = ref.sample_mpp if ref.sample_mpp is not None else estimate_source_mpp(reader, ref)
     note = ""
     if meta is not None:
         note = f"{ref.path}: using {est.mpp:.4g} um/px estimated from red cells (manifest mpp auto); the file says {_show(meta)}"

@@ -64,7 +64,12 @@ class NonSquarePixelsError(MissingMppError):
 
 
 class MppEstimateError(MissingMppError):
-    """``--mpp auto`` found too few red cells (or an implausible size) to estimate a source's resolution."""
+    """``--mpp auto`` found too few red cells (or an implausible size) to estimate a source's
+    resolution; ``reason`` says what was found, without the file or the fix."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 class FieldsDisagreeError(MppEstimateError):
@@ -72,6 +77,6 @@ class FieldsDisagreeError(MppEstimateError):
     apart to pool (fields taken with different objectives); ``path`` is the field
     furthest from the others."""
 
-    def __init__(self, message: str, path: str):
+    def __init__(self, message: str, path: str = ""):
         super().__init__(message)
         self.path = path

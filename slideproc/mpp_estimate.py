@@ -280,6 +280,13 @@ def _typical_radius(mask: np.ndarray, rung: float, r_max: float):
     return float(np.median(near)), near, values
 
 
+_FIX = "give the resolution with --mpp UM or an 'mpp' column in manifest.csv"
+
+
+def _refused(where: str, reason: str) -> MppEstimateError:
+    return MppEstimateError(f"{where}: cannot estimate the resolution from red cells: {reason}; {_FIX}", reason=reason)
+
+
 def estimate_mpp(rgb: np.ndarray, min_red_cells: int = MIN_RED_CELLS, where: str = "field") -> MppEstimate:
     """mpp (um/px) of one uint8 (h, w, 3) field from its red cells (module docstring).
 
@@ -290,7 +297,6 @@ def estimate_mpp(rgb: np.ndarray, min_red_cells: int = MIN_RED_CELLS, where: str
     from .sources.mpp import MPP_RANGE_UM
 
     rgb = np.asarray(rgb, np.uint8)
-    fix = "give the resolution with --mpp UM or an 'mpp' column in manifest.csv"
     # Two passes, for speed: the ladder costs two distance transforms per rung
     # over every pixel, and a field at full size is ~30x the cost of detecting
     # it. A coarse pass (longer side <= 256 px, 8 % rungs) finds the typical
@@ -299,25 +305,21 @@ def estimate_mpp(rgb: np.ndarray, min_red_cells: int = MIN_RED_CELLS, where: str
     step_c = max(1, int(np.ceil(max(rgb.shape[:2]) / _COARSE_SIDE_PX)))
     coarse = _typical_radius(_masks(np.ascontiguousarray(rgb[::step_c, ::step_c]))[0], _R_STEP * _R_STEP, np.inf)
     if coarse is None:
-        raise MppEstimateError(f"{where}: cannot estimate the resolution from red cells: none found; {fix}")
+        raise _refused(where, "none found")
     r_level0 = coarse[0] * step_c
     step = max(1, int(r_level0 / _FINE_RADIUS_PX), int(np.ceil(max(rgb.shape[:2]) / _MAX_SIDE_PX)))
     mask, _ = _masks(np.ascontiguousarray(rgb[::step, ::step]))
     fine = _typical_radius(mask, _R_STEP, 3.0 * r_level0 / step)
     if fine is None:
-        raise MppEstimateError(f"{where}: cannot estimate the resolution from red cells: none found; {fix}")
+        raise _refused(where, "none found")
     r0, near, values = fine
     n_cells = int(near.size / (np.pi * r0 * r0))
     if n_cells < min_red_cells:
-        raise MppEstimateError(
-            f"{where}: cannot estimate the resolution from red cells: found {n_cells} at a typical size, "
-            f"need {min_red_cells}; {fix}")
+        raise _refused(where, f"found {n_cells} at a typical size, need {min_red_cells}")
     coverage = near.size / mask.size
     if coverage < MIN_COVERAGE:
-        raise MppEstimateError(
-            f"{where}: cannot estimate the resolution from red cells: red cells of a typical size cover "
-            f"{100 * coverage:.0f} % of the field, need {100 * MIN_COVERAGE:.0f} % (a crop around one cell, "
-            f"or no film); {fix}")
+        raise _refused(where, f"red cells of a typical size cover {100 * coverage:.0f} % of the field, need "
+                              f"{100 * MIN_COVERAGE:.0f} % (a crop around one cell, or no film)")
     # Two readings of the size, in level-0 px: the opening mode (every red cell,
     # touching or not, but shape-dependent: a ragged or oval cell's inscribed
     # disc is small) and the whole cells' equivalent diameter (area-based,
@@ -336,8 +338,9 @@ def estimate_mpp(rgb: np.ndarray, min_red_cells: int = MIN_RED_CELLS, where: str
                       RBC_DIAMETER_UM / float(q25))
     lo, hi = MPP_RANGE_UM
     if not lo <= est.mpp <= hi:
-        raise MppEstimateError(
-            f"{where}: red cells give {est.mpp:.3g} um/px, outside the plausible {lo:g}-{hi:g} um/px; {fix}")
+        raise MppEstimateError(f"{where}: red cells give {est.mpp:.3g} um/px, outside the plausible "
+                               f"{lo:g}-{hi:g} um/px; {_FIX}",
+                               reason=f"{est.mpp:.3g} um/px, outside the plausible {lo:g}-{hi:g} um/px")
     return est
 
 

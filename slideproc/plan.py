@@ -43,13 +43,13 @@ class SourcePlan:
     # For an estimated mpp: the field's own red cells measured and the
     # interquartile range (um/px) their diameters give; ``field_mpp`` its own
     # estimate and ``sample_fields`` how many fields the sample's value (``mpp``)
-    # pools (mpp_estimate.pool_estimates). ``estimate_refused``: the field alone
-    # has too few red cells (``error`` says so unless the sample's value covers it).
+    # pools (mpp_estimate.pool_estimates). ``estimate_refused``: why the field alone
+    # could not be measured (``error`` says so unless the sample's value covers it).
     red_cells: int | None = None
     mpp_iqr: tuple[float, float] | None = None
     field_mpp: float | None = None
     sample_fields: int = 1
-    estimate_refused: bool = False
+    estimate_refused: str = ""
     field_estimate: object | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
     error: str = ""
@@ -97,7 +97,7 @@ def plan_source(ref, cfg: RunConfig) -> SourcePlan:
             res = resolve_mpp(reader, ref, cfg.source)
         except MppEstimateError as err:
             # The sample's other fields may cover it (_share_estimate); the error stands otherwise.
-            sp.error, sp.estimate_refused, res = str(err), True, None
+            sp.error, sp.estimate_refused, res = str(err), err.reason or str(err), None
         if res is not None:
             sp.mpp, sp.mpp_from = res.mpp, res.source
             if res.estimate is not None:
@@ -111,7 +111,7 @@ def plan_source(ref, cfg: RunConfig) -> SourcePlan:
 
             check_pixels(ref.path, sp.dimensions, cfg.source.max_image_pixels)
     except SlideprocError as err:
-        sp.error, sp.estimate_refused = str(err), False
+        sp.error, sp.estimate_refused = str(err), ""
     finally:
         reader.close()
     return sp
@@ -125,19 +125,20 @@ def _share_estimate(spec: SampleSpec, sample: SamplePlan, cfg: RunConfig) -> Sam
 
     A field refused for too few red cells takes the pooled value (a note says so);
     fields that disagree beyond the pooling's bound fail the sample with one line
-    naming the field furthest from the others (every reference carries it). Without any field estimated, nothing changes.
+    naming the field furthest from the others (every reference carries it).
+    Without any field estimated, nothing changes.
     """
     own = {s.path: s.field_estimate for s in sample.sources if s.field_estimate is not None}
     if not own:
         return spec
-    shared = [s.field_estimate is not None or s.estimate_refused for s in sample.sources]
+    shared = [s.field_estimate is not None or bool(s.estimate_refused) for s in sample.sources]
     try:
         pooled = pool_estimates(own)
     except FieldsDisagreeError as err:
         # the sample fails; the line names the field furthest from the others
         for s, pooled_here in zip(sample.sources, shared):
             if pooled_here:
-                s.mpp, s.mpp_from, s.estimate_refused = None, "", False
+                s.mpp, s.mpp_from, s.estimate_refused = None, "", ""
                 s.error = str(err) if s.path == err.path else s.error
         return replace(spec, sources=tuple(replace(r, sample_mpp_error=str(err)) if pooled_here else r
                                            for r, pooled_here in zip(spec.sources, shared)))
@@ -145,9 +146,9 @@ def _share_estimate(spec: SampleSpec, sample: SamplePlan, cfg: RunConfig) -> Sam
         if not pooled_here:
             continue
         if s.estimate_refused:
-            why = s.error.split("cannot estimate the resolution from red cells: ", 1)[-1].split("; give", 1)[0]
-            s.error, s.estimate_refused = "", False
-            s.notes.append(f"{s.path}: too few red cells to measure alone ({why}); takes the sample's estimate")
+            s.notes.append(f"{s.path}: its red cells cannot be measured alone ({s.estimate_refused}); "
+                           "it takes the sample's estimate")
+            s.error, s.estimate_refused = "", ""
             try:
                 check_holds_a_cell(s.path, s.dimensions, pooled.mpp, cfg)
             except SlideprocError as err:
@@ -214,7 +215,7 @@ def format_plan(plan: Plan) -> str:
             own = (f"{s.red_cells} red cells, IQR {s.mpp_iqr[0]:.4g}-{s.mpp_iqr[1]:.4g}"
                    if s.mpp_iqr is not None else "")
             if s.mpp is not None and s.sample_fields > 1:
-                here = f"{s.field_mpp:.4g} from {own}" if s.field_mpp is not None else "too few red cells"
+                here = f"{s.field_mpp:.4g} from {own}" if s.field_mpp is not None else "not measured alone"
                 mpp = (f"{s.mpp:.4g} um/px (estimated: median of the sample's {s.sample_fields} fields; "
                        f"this field {here})")
             elif own and s.mpp is not None:

@@ -258,14 +258,14 @@ def test_detect_with_mpp_auto_pools_a_samples_fields(pooled_inputs, tmp_path, ca
     assert [r["mpp"] for r in by_name.values()] == pytest.approx([expected] * 3)
     assert by_name["f0_20px.png"]["field_mpp"] == pytest.approx(own[0].mpp)
     assert by_name["f0_20px.png"]["sample_fields"] == 2
-    assert "too few red cells to measure alone" in by_name["glass.png"]["notes"][0]
+    assert "its red cells cannot be measured alone (" in by_name["glass.png"]["notes"][0]
     cells = pd.read_csv(out / "cells" / "film.csv")
     assert set(cells["source"]) == {"f0_20px.png", "f1_21px.png", "glass.png"}  # the glass field's one cell too
     err = capsys.readouterr().err
     assert f"mixed: open: {pooled_inputs / 'mixed' / 'f2_40px.png'}: its red cells read" in err
     assert "more than 1.6x apart" in err and not (out / "cells" / "mixed.csv").exists()
     assert main(["plan", str(film), "--mpp", "auto"]) == 0
-    assert f"{expected:.4g} um/px (estimated: median of the sample's 2 fields; this field too few red cells)" \
+    assert f"{expected:.4g} um/px (estimated: median of the sample's 2 fields; this field not measured alone)" \
         in capsys.readouterr().out
 
 

@@ -139,7 +139,10 @@ def _share_estimate(spec: SampleSpec, sample: SamplePlan, cfg: RunConfig) -> Sam
         for s, pooled_here in zip(sample.sources, shared):
             if pooled_here:
                 s.mpp, s.mpp_from, s.estimate_refused = None, "", ""
-                s.error = str(err) if s.path == err.path else s.error
+                if s.path == err.path:
+                    s.error = str(err)
+                else:  # said once, on the field named; here a note, so run.json says why mpp is null
+                    s.notes.append(f"{s.path}: no resolution: its sample's fields disagree (see {err.path})")
         return replace(spec, sources=tuple(replace(r, sample_mpp_error=str(err)) if pooled_here else r
                                            for r, pooled_here in zip(spec.sources, shared)))
     for s, pooled_here in zip(sample.sources, shared):
@@ -272,6 +275,10 @@ def log_plan(plan: Plan) -> None:
                 log.info("%s: %s", sample.sample_id, first[generic])
             else:
                 log.info("%s: %d files: %s", sample.sample_id, n, generic)
+        pooled = [s for s in sample.sources if s.mpp_from == "estimated" and s.sample_fields > 1]
+        if pooled:
+            log.info("%s: %.4g um/px estimated from red cells, the median of %d fields' estimates (%d fields use it)",
+                     sample.sample_id, pooled[0].mpp, pooled[0].sample_fields, len(pooled))
 
 
 __all__ = ["SourcePlan", "SamplePlan", "Plan", "plan_source", "plan_samples", "plan_inputs", "format_plan",

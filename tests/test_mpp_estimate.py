@@ -217,11 +217,19 @@ def test_fields_of_another_magnification_are_not_pooled_but_named():
     objective: 63x / 100x is 1.59x) is refused by name: one value would misread it
     or them. 1.55x is pooled (on TXL-PBC a misread field lay 1.52x from its
     sample's median, and the median outvotes it)."""
-    with pytest.raises(FieldsDisagreeError, match=r"^c\.png: its red cells read 0\.165 um/px against 0\.1 um/px") as err:
+    with pytest.raises(FieldsDisagreeError, match=r"^c\.png: its red cells read 0\.165 um/px against 0\.1 um/px "
+                                                  r"for the other 2 field\(s\)") as err:
         pool_estimates({"a.png": _estimate(0.100), "b.png": _estimate(0.100), "c.png": _estimate(0.165)})
     assert err.value.path == "c.png"
     assert pool_estimates({"a.png": _estimate(0.100), "b.png": _estimate(0.100),
                            "c.png": _estimate(0.155)}).mpp == pytest.approx(0.100)
+    # Each field is held against the others, not a median it is part of: two fields 2x
+    # apart (their geometric mean lies 1.41x from each), and a sample split evenly, fail.
+    with pytest.raises(FieldsDisagreeError):
+        pool_estimates({"a.png": _estimate(0.100), "b.png": _estimate(0.200)})
+    with pytest.raises(FieldsDisagreeError):
+        pool_estimates({"a.png": _estimate(0.100), "b.png": _estimate(0.100),
+                        "c.png": _estimate(0.165), "d.png": _estimate(0.165)})
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +272,9 @@ def test_detect_with_mpp_auto_pools_a_samples_fields(pooled_inputs, tmp_path, ca
     err = capsys.readouterr().err
     assert f"mixed: open: {pooled_inputs / 'mixed' / 'f2_40px.png'}: its red cells read" in err
     assert "more than 1.6x apart" in err and not (out / "cells" / "mixed.csv").exists()
+    mixed = {r["source"]: r for r in record["resolution"]["mixed"]}
+    assert "its sample's fields disagree (see" in mixed["f0_20px.png"]["notes"][0]
+    assert mixed["f0_20px.png"]["mpp"] is None and "error" in mixed["f2_40px.png"]
     assert main(["plan", str(film), "--mpp", "auto"]) == 0
     assert f"{expected:.4g} um/px (estimated: median of the sample's 2 fields; this field not measured alone)" \
         in capsys.readouterr().out

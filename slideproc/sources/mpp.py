@@ -164,5 +164,5 @@ def resolve_mpp(reader: SlideReader, ref: SourceRef, cfg: SourceConfig) -> Resol
     raise MissingMppError(
         f"{ref.path}: no resolution (um per pixel) in the file; give it with --mpp UM, "
         "an 'mpp' column in manifest.csv, or source.fallback_mpp_um in the config, or estimate it "
-        "from the red cells with --mpp auto"
+        "from the red cells with --mpp auto (or 'auto' in the manifest's mpp column)"
     )

@@ -250,10 +250,16 @@ def _cmd_info(args) -> int:
 
     cfg = _load_run_config(args)
     found = discover(args.paths)
+    samples = found.samples
+    if cfg.source.estimate_mpp == "red_cells" or any(r.estimate_mpp for s in samples for r in s.sources):
+        from .plan import plan_samples
+
+        # the value a run uses: a sample's fields share their pooled red-cell estimate
+        _, samples = plan_samples(samples, cfg)
     detailed = bool(args.details or args.verbose)
     failed = 0
     blocks = []
-    for sample in found.samples:
+    for sample in samples:
         infos = [describe_source(ref, cfg) for ref in sample.sources]
         blocks.append(format_sample(sample, infos) if detailed else format_sample_line(sample, infos))
         for info in infos:

@@ -278,6 +278,10 @@ def test_detect_with_mpp_auto_pools_a_samples_fields(pooled_inputs, tmp_path, ca
     assert main(["plan", str(film), "--mpp", "auto"]) == 0
     assert f"{expected:.4g} um/px (estimated: median of the sample's 2 fields; this field not measured alone)" \
         in capsys.readouterr().out
+    # `info` shows the value the run uses, once for the sample
+    assert main(["info", str(film), "--mpp", "auto"]) == 0
+    assert f"mpp {expected:.4g} um/px (estimated from {own[0].n_cells + own[1].n_cells} red cells in the " \
+           "sample's 2 fields" in capsys.readouterr().out
 
 
 def test_a_real_field_with_too_few_red_cells_takes_its_samples_estimate(txl_dir, tmp_path):

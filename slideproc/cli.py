@@ -82,7 +82,7 @@ _SCHEDULER_HELP = ("address of an existing Dask scheduler, e.g. tcp://host:8786 
 _MPP_HELP = ("level-0 resolution of every input, um per pixel (0.02-2); overrides a manifest's mpp "
              "column and the files' own metadata (the log notes where they differ). 'auto': files "
              "without a resolution (in their metadata or the manifest) get one estimated from their "
-             "red cells (7.5 um across)")
+             "red cells (7.5 um across), one value per sample: the median of its fields' estimates")
 
 
 class _Parser(argparse.ArgumentParser):

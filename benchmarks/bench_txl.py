@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from slideproc.detection_eval import BOX_CLASSES, box_mpp, read_yolo_boxes, txl_source  # noqa: E402
 
 SOURCES = ("BCCD", "BCD", "PBC", "Raabin")
-CLASS_NAMES = BOX_CLASSES
 
 
 def fields(data: Path, split: str, sources, limit: int | None):
@@ -97,12 +96,16 @@ def pooled_mpp(todo, own, sample_size: int) -> list:
         for k in range(0, len(idx), sample_size):
             run = idx[k:k + sample_size]
             ests = {str(todo[i][0]): own[i] for i in run if not isinstance(own[i], str)}
+            if not ests:  # no field measured: each keeps its refusal
+                for i in run:
+                    out[i] = own[i]
+                continue
             try:
-                value = pool_estimates(ests).mpp if ests else own[run[0]]
+                value = pool_estimates(ests).mpp
             except FieldsDisagreeError as err:
                 value = str(err)
             for i in run:
-                out[i] = own[i] if not ests else value  # no field measured: each keeps its refusal
+                out[i] = value
     return out
 
 
@@ -121,7 +124,7 @@ def _one(job):
     if isinstance(mpp, str):
         # A refused sample: its white cells count as missed.
         row.update(error=mpp, detections=0)
-        for c in CLASS_NAMES:
+        for c in BOX_CLASSES:
             row[f"{c}_hit"], row[f"{c}_n"] = 0, int((classes == c).sum())
         return row
     row["mpp"] = mpp
@@ -138,7 +141,7 @@ def summarise(rows: list[dict]) -> dict:
     for (src, mode), grp in sorted(_groups(rows).items()):
         ok = [r for r in grp if "error" not in r]
         s = {"fields": len(grp), "refused": len(grp) - len(ok), "detections": sum(r["detections"] for r in ok)}
-        for c in CLASS_NAMES:
+        for c in BOX_CLASSES:
             # over every field: a refused one (auto) has no hit
             k, n = sum(r.get(f"{c}_hit", 0) for r in grp), sum(r.get(f"{c}_n", 0) for r in grp)
             s[c] = f"{k}/{n}"

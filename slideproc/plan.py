@@ -40,19 +40,31 @@ class SourcePlan:
     format: str = ""
     mpp: float | None = None
     mpp_from: str = ""
-    # For an estimated mpp: the field's own red cells measured and the
-    # interquartile range (um/px) their diameters give; ``field_mpp`` its own
-    # estimate and ``sample_fields`` how many fields the sample's value (``mpp``)
+    # For an estimated mpp: the field's own MppEstimate (its red cells, spread and
+    # value: the properties below) and how many fields the sample's value (``mpp``)
     # pools (mpp_estimate.pool_estimates). ``estimate_refused``: why the field alone
     # could not be measured (``error`` says so unless the sample's value covers it).
-    red_cells: int | None = None
-    mpp_iqr: tuple[float, float] | None = None
-    field_mpp: float | None = None
+    field_estimate: object | None = field(default=None, repr=False)
     sample_fields: int = 1
     estimate_refused: str = ""
-    field_estimate: object | None = field(default=None, repr=False)
     notes: list[str] = field(default_factory=list)
     error: str = ""
+
+    @property
+    def red_cells(self) -> int | None:
+        """Red cells the field's own estimate rests on."""
+        return None if self.field_estimate is None else self.field_estimate.n_cells
+
+    @property
+    def mpp_iqr(self) -> tuple[float, float] | None:
+        """The interquartile range (um/px) of the field's own estimate."""
+        e = self.field_estimate
+        return None if e is None else (e.low, e.high)
+
+    @property
+    def field_mpp(self) -> float | None:
+        """The field's own estimate (um/px), before pooling."""
+        return None if self.field_estimate is None else self.field_estimate.mpp
 
 
 @dataclass
@@ -100,9 +112,7 @@ def plan_source(ref, cfg: RunConfig) -> SourcePlan:
             sp.error, sp.estimate_refused, res = str(err), err.reason or str(err), None
         if res is not None:
             sp.mpp, sp.mpp_from = res.mpp, res.source
-            if res.estimate is not None:
-                sp.field_estimate, sp.field_mpp = res.estimate, res.estimate.mpp
-                sp.red_cells, sp.mpp_iqr = res.estimate.n_cells, (res.estimate.low, res.estimate.high)
+            sp.field_estimate = res.estimate
             if res.note:
                 sp.notes.append(res.note)
             check_holds_a_cell(ref.path, sp.dimensions, res.mpp, cfg)
@@ -132,32 +142,32 @@ def _share_estimate(spec: SampleSpec, sample: SamplePlan, cfg: RunConfig) -> Sam
     if not own:
         return spec
     shared = [s.field_estimate is not None or bool(s.estimate_refused) for s in sample.sources]
+    pooled, disagree = None, None
     try:
         pooled = pool_estimates(own)
-    except FieldsDisagreeError as err:
-        # the sample fails; the line names the field furthest from the others
-        for s, pooled_here in zip(sample.sources, shared):
-            if pooled_here:
-                s.mpp, s.mpp_from, s.estimate_refused = None, "", ""
-                if s.path == err.path:
-                    s.error = str(err)
-                else:  # said once, on the field named; here a note, so run.json says why mpp is null
-                    s.notes.append(f"{s.path}: no resolution: its sample's fields disagree (see {err.path})")
-        return replace(spec, sources=tuple(replace(r, sample_mpp_error=str(err)) if pooled_here else r
-                                           for r, pooled_here in zip(spec.sources, shared)))
+        carried = {"sample_mpp": pooled}
+    except FieldsDisagreeError as err:  # the name is unbound after the block: kept as `disagree`
+        disagree, carried = err, {"sample_mpp_error": str(err)}
     for s, pooled_here in zip(sample.sources, shared):
         if not pooled_here:
+            continue
+        if disagree is not None:  # the sample fails: one line, on the field furthest from the others
+            s.mpp, s.mpp_from, s.estimate_refused = None, "", ""
+            if s.path == disagree.path:
+                s.error = str(disagree)
+            else:  # a note, so that run.json says why its mpp is null
+                s.notes.append(f"{s.path}: no resolution: its sample's fields disagree (see {disagree.path})")
             continue
         if s.estimate_refused:
             s.notes.append(f"{s.path}: its red cells cannot be measured alone ({s.estimate_refused}); "
                            "it takes the sample's estimate")
             s.error, s.estimate_refused = "", ""
-            try:
+            try:  # checked at the value the run uses (a measured field was checked at its own)
                 check_holds_a_cell(s.path, s.dimensions, pooled.mpp, cfg)
-            except SlideprocError as err:
-                s.error = str(err)
+            except SlideprocError as check:
+                s.error = str(check)
         s.mpp, s.mpp_from, s.sample_fields = pooled.mpp, "estimated", pooled.fields
-    return replace(spec, sources=tuple(replace(r, sample_mpp=pooled) if pooled_here else r
+    return replace(spec, sources=tuple(replace(r, **carried) if pooled_here else r
                                        for r, pooled_here in zip(spec.sources, shared)))
 
 

@@ -29,9 +29,10 @@ each replicate and renormalising it to sum 1 (what the point estimate does) woul
 large class's replicates down whenever a small class's went negative, and the interval of
 blasts in a blast-rich marrow would end short of the truth (measured with
 benchmarks/bench_differential.py: BENCHMARKS.md, "The interval's lowest coverage").
-This is QuaPy's AggregativeBootstrap idea (Moreo & Salvati, LQ 2025) with one validation resample per cell resample instead of every pair, and run in-process:
-QuaPy's own class forks joblib workers (n_jobs=-1) and takes the n_train x n_test product,
-which on a 2-core machine inside a Dask worker costs more than it gives.
+This is QuaPy's AggregativeBootstrap idea (Moreo & Salvati, LQ 2025) with one validation
+resample per cell resample instead of every pair, and run in-process: QuaPy's own class
+forks joblib workers (n_jobs=-1) and takes the n_train x n_test product, which on a 2-core
+machine inside a Dask worker costs more than it gives.
 
 Public API::
 

@@ -17,10 +17,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
 from .config import RunConfig
 from .detect import check_holds_a_cell
 from .errors import FieldsDisagreeError, MppEstimateError, SlideprocError
-from .mpp_estimate import pool_estimates
+from .mpp_estimate import POOL_DISAGREEMENT, pool_estimates
 from .sources import open_source, resolve_mpp
 from .sources.discover import Discovery, SampleSpec, discover
 
@@ -167,8 +169,31 @@ def _share_estimate(spec: SampleSpec, sample: SamplePlan, cfg: RunConfig) -> Sam
             except SlideprocError as check:
                 s.error = str(check)
         s.mpp, s.mpp_from, s.sample_fields = pooled.mpp, "estimated", pooled.fields
+    if pooled is not None:
+        _check_against_given(sample, pooled.mpp, shared)
     return replace(spec, sources=tuple(replace(r, **carried) if pooled_here else r
                                        for r, pooled_here in zip(spec.sources, shared)))
+
+
+def _check_against_given(sample: SamplePlan, estimated: float, shared: list[bool]) -> None:
+    """A note on the estimated sources when the sample's other sources carry a
+    resolution (slide header, manifest, --mpp) more than POOL_DISAGREEMENT times
+    from the estimate. Not an error: one film may be scanned with two objectives,
+    and each group is used as given; but two resolutions that far apart in one
+    sample are more often a wrong manifest row, and the reader should see it."""
+    given = [s.mpp for s, pooled_here in zip(sample.sources, shared)
+             if not pooled_here and s.mpp is not None]
+    if not given:
+        return
+    reference = float(np.median(given))
+    ratio = max(estimated, reference) / min(estimated, reference)
+    if ratio <= POOL_DISAGREEMENT:
+        return
+    for s, pooled_here in zip(sample.sources, shared):
+        if pooled_here and not s.error:
+            s.notes.append(f"{s.path}: its red cells read {estimated:.4g} um/px, {ratio:.2g}x from the "
+                           f"{reference:.4g} um/px its sample's other files carry; check the objective "
+                           "(or give this file's mpp)")
 
 
 def plan_samples(samples: list[SampleSpec], cfg: RunConfig) -> tuple[list[SamplePlan], list[SampleSpec]]:

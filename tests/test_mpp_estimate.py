@@ -11,8 +11,11 @@ import pytest
 from PIL import Image
 
 from slideproc.cli import main
+from slideproc.config import RunConfig
 from slideproc.detection_eval import box_mpp, read_yolo_boxes, txl_source
 from slideproc.errors import FieldsDisagreeError, MppEstimateError
+from slideproc.plan import plan_samples
+from slideproc.sources.discover import discover
 from slideproc.mpp_estimate import (DIAMETER_PER_AREA_DIAMETER, DIAMETER_PER_RADIUS, RBC_DIAMETER_UM, _R_MIN_PX,
                                     _R_STEP, MppEstimate, estimate_mpp, opening_transform, pool_estimates,
                                     whole_cell_diameters)
@@ -305,3 +308,30 @@ def test_a_real_field_with_too_few_red_cells_takes_its_samples_estimate(txl_dir,
     boxes, classes = read_yolo_boxes(txl_dir / "labels" / "val" / f"{names[2]}.txt", 640, 480)
     assert refused["mpp"] == pytest.approx(box_mpp(boxes, classes, 640, 480, min_boxes=1), rel=0.10)
     assert (pd.read_csv(out / "cells" / "bccd.csv")["source"] == f"{names[2]}.jpg").any()
+
+
+def test_an_estimate_far_from_the_resolution_its_sample_carries_gets_a_note(auto_inputs, tmp_path, capsys):
+    """A manifest sample whose rows mix a given mpp and `auto`: each group is used as
+    given, and an estimate more than 1.6x from the given value is named in a note
+    (plan, run.json); within the bound, no note."""
+    film = auto_inputs / "film" / "f1.png"
+    estimated = estimate_mpp(np.asarray(Image.open(film))).mpp
+    other = tmp_path / "f2.png"
+    other.write_bytes(film.read_bytes())
+    manifest = tmp_path / "manifest.csv"
+    for given, noted in ((estimated * 1.5, False), (estimated * 2.0, True)):
+        manifest.write_text(f"sample_id,path,mpp\nP1,{film},auto\nP1,{other},{given}\n")
+        found = discover([str(manifest)])
+        (plan,), _ = plan_samples(found.samples, RunConfig())
+        auto, numeric = plan.sources
+        assert (auto.mpp_from, auto.mpp) == ("estimated", pytest.approx(estimated))
+        assert (numeric.mpp_from, numeric.mpp) == ("manifest", pytest.approx(given))
+        assert not numeric.notes and not auto.error
+        if noted:
+            assert auto.notes == [f"{film}: its red cells read {estimated:.4g} um/px, 2x from the "
+                                  f"{given:.4g} um/px its sample's other files carry; check the objective "
+                                  "(or give this file's mpp)"]
+        else:
+            assert auto.notes == []
+    assert main(["plan", str(manifest)]) == 0
+    assert "    note: " + auto.notes[0] in capsys.readouterr().out

@@ -83,8 +83,17 @@ COMPOSITIONS = {
 }
 
 
-def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(labels, true class index (n,), calibrated probabilities (n, C)) from a predictions CSV."""
+def read_predictions(path: Path, views: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(labels, true class index (n,), calibrated probabilities (n, C)) from a predictions CSV, or
+    from a MODEL_DIR: its record as ``run`` with ``classify.tta_views = views`` reads it
+    (slideproc.model_card.read_model_card; None: the record as written)."""
+    if path.is_dir():
+        from slideproc.model_card import read_model_card
+
+        card = read_model_card(path, tta_views=views)
+        if not card.usable:
+            raise SystemExit(f"{path}: {card.missing}")
+        return list(card.labels), card.y_val, card.p_val
     df = pd.read_csv(path)
     labels = [c[2:] for c in df.columns if c.startswith("p_")]
     index = {c: i for i, c in enumerate(labels)}
@@ -231,7 +240,10 @@ def stratified_halves(y: np.ndarray, seed: int) -> np.ndarray:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--val", type=Path, required=True, help="the model's validation predictions (CSV)")
+    ap.add_argument("--val", type=Path, required=True,
+                    help="the model's validation predictions (CSV), or its MODEL_DIR (the record run reads)")
+    ap.add_argument("--views", type=int, choices=(1, 2, 4, 8),
+                    help="with --val MODEL_DIR: the record for this many test-time views (classify.tta_views)")
     ap.add_argument("--test", type=Path, help="predictions on crops the model never saw (CSV)")
     ap.add_argument("--cross-fit", action="store_true", help="draw patients from one half of --val, "
                                                              "characterise on the other (method choice)")
@@ -260,7 +272,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="write every row (CSV) and the summary (JSON) here")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    labels, y_val, p_val = read_predictions(args.val)
+    labels, y_val, p_val = read_predictions(args.val, args.views)
     t0 = time.perf_counter()
     if args.cross_fit:
         half = stratified_halves(y_val, args.seed)

@@ -46,7 +46,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slideproc.quantify import METHODS, fit_quantifier, interval, quantify  # noqa: E402
+from slideproc.quantify import (METHODS, exact_interval, fit_quantifier, interval,  # noqa: E402
+                               interval_with_sampling, quantify)
 
 NON_CELL = ("ART", "NIF", "KSC")
 BLAST = "BLA"
@@ -127,15 +128,6 @@ def nucleated_shares(v: np.ndarray, nucleated: np.ndarray) -> np.ndarray:
     return np.divide(out, s, out=np.full_like(out, np.nan), where=s > 0)
 
 
-def clopper_pearson(k: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.stats import beta
-
-    k = np.asarray(k, float)
-    low = np.where(k > 0, beta.ppf(0.025, k, n - k + 1), 0.0)
-    high = np.where(k < n, beta.ppf(0.975, k + 1, n - k), 1.0)
-    return low, high
-
-
 def evaluate_methods(methods, char, test, labels, args, seed_offset=0, tag="", mix=None) -> list[dict]:
     """Per (method, composition, patient, class): estimate, interval, truth rows.
 
@@ -176,11 +168,15 @@ def evaluate_methods(methods, char, test, labels, args, seed_offset=0, tag="", m
                     kn = np.where(nucleated, k, 0)
                     n = int(kn.sum())
                     est = kn / n
-                    low, high = clopper_pearson(kn, n)
+                    low, high = exact_interval(kn, n)
                 else:
                     point, reps = quantify(fitted[m], probs, seed=patient)
                     est = nucleated_shares(point, nucleated)
-                    low, high = interval(nucleated_shares(reps, nucleated))
+                    # the interval a sample reports (differential.py): the bootstrap's, widened to
+                    # the exact one of counting its nucleated cells (--bootstrap-only: without)
+                    n_nuc = int(np.isin(probs.argmax(axis=1), np.flatnonzero(nucleated)).sum())
+                    low, high = (interval(nucleated_shares(reps, nucleated)) if args.bootstrap_only else
+                                 interval_with_sampling(est, nucleated_shares(reps, nucleated), n_nuc))
                 for c in np.flatnonzero(nucleated):
                     rows.append({"method": f"{m} [{tag}]" if tag and m != "cc" else m, "composition": name,
                                  "patient": patient, "class": labels[c],
@@ -268,6 +264,9 @@ def main() -> int:
     ap.add_argument("--concentration", type=float, default=200.0, help="Dirichlet concentration of a patient "
                                                                        "around the composition")
     ap.add_argument("--bootstrap", type=int, default=200)
+    ap.add_argument("--bootstrap-only", action="store_true",
+                    help="the bootstrap percentile interval alone, without widening it to the exact interval of "
+                         "counting the sample's cells (what the report gave before)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write every row (CSV) and the summary (JSON) here")
     args = ap.parse_args()

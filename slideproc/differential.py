@@ -195,8 +195,15 @@ def _percentiles(values: np.ndarray, confidence: float = CONFIDENCE,
     return interval(np.asarray(values, np.float64), confidence, bounds=bounds)
 
 
-def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid_counted: int) -> dict:
-    """Adjusted percents (nucleated classes renormalised to 100), blast percent and M:E with intervals."""
+def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid_counted: int,
+                      n_nucleated: int) -> dict:
+    """Adjusted percents (nucleated classes renormalised to 100), blast percent and M:E with intervals.
+
+    Each interval is the bootstrap's, widened to hold the exact binomial interval at the
+    adjusted count of ``n_nucleated`` cells (quantify.interval_with_sampling): a sample of
+    few cells gets an interval as wide as its count allows, never a narrow one."""
+    from .quantify import exact_interval, interval_with_sampling
+
     keep = np.asarray(nucleated, bool)
     point = np.asarray(adj.point, np.float64).reshape(-1)
     reps = np.asarray(adj.replicates, np.float64).reshape(-1, len(point))
@@ -209,7 +216,9 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
         return 100.0 * np.divide(v, s, out=np.full_like(v, np.nan), where=s > 0)
 
     pct, rep_pct = renormalise(point), renormalise(reps)
-    low, high = _percentiles(rep_pct) if len(rep_pct) else (np.full(len(point), np.nan),) * 2
+    if not len(rep_pct):
+        rep_pct = np.full((1, len(point)), np.nan)
+    low, high = (100.0 * v for v in interval_with_sampling(pct / 100.0, rep_pct / 100.0, n_nucleated))
     pct, low, high = (np.where(keep, a, np.nan) for a in (pct, low, high))
     names = list(class_names)
     non_cell = set(config.non_cell_classes)
@@ -227,9 +236,13 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
 
         r = ratio(pct)
         # a replicate's negative share (ACC / PACC) counts as none in a ratio of counts
-        r_low, r_high = (_percentiles(ratio(np.maximum(rep_pct, 0.0)), bounds=(0.0, np.inf)) if len(rep_pct)
-                         else (np.nan, np.nan))
-        me = (float(r), float(r_low), float(r_high))
+        r_low, r_high = _percentiles(ratio(np.maximum(rep_pct, 0.0)), bounds=(0.0, np.inf))
+        # widened, as the shares are, to the exact interval of p = M / (M + E) at the adjusted
+        # counts, mapped by p / (1 - p) (as ratio_ci does for the raw counts)
+        m_n, e_n = (float(pct[idx].sum()) / 100.0 * n_nucleated for idx in (my, er))
+        p_low, p_high = exact_interval(m_n, m_n + e_n)
+        odds = (lambda q: q / (1.0 - q) if q < 1.0 else np.inf)
+        me = (float(r), float(np.fmin(r_low, odds(float(p_low)))), float(np.fmax(r_high, odds(float(p_high)))))
     return {"adjusted_percent": tuple(float(v) for v in pct), "adjusted_low": tuple(float(v) for v in low),
             "adjusted_high": tuple(float(v) for v in high), "adjusted_blast": blast, "adjusted_me": me,
             "adjustment_method": adj.method}
@@ -271,8 +284,12 @@ def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequ
         blasts, blast_percent, blast_low, blast_high = 0, math.nan, math.nan, math.nan
     extra: dict = {"adjusted_percent": (math.nan,) * len(counts), "adjusted_low": (math.nan,) * len(counts),
                    "adjusted_high": (math.nan,) * len(counts)}
-    if adjustment is not None:
-        extra = _adjusted_figures(adjustment, class_names, nucleated, config, erythroid)
+    if adjustment is not None and n_nucleated == 0:
+        # The adjustment renormalises over nucleated classes: with none counted it would
+        # turn the shares it gives non-cells' probabilities into a differential.
+        adjustment_missing = "adjusted differential not computed: no nucleated cell counted"
+    elif adjustment is not None:
+        extra = _adjusted_figures(adjustment, class_names, nucleated, config, erythroid, n_nucleated)
         adjustment_missing = ""
     elif not adjustment_missing:
         adjustment_missing = "adjusted differential not computed"

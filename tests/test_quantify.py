@@ -228,9 +228,45 @@ def test_a_replicate_with_a_negative_share_keeps_the_large_class_whole():
     assert high == pytest.approx([0.9975, 0.0, 0.1], abs=1e-5)
     d = sample_differential("all-blasts", ["BLA", "PMO", "LYT"], [45, 0, 5], cfg,
                             adjustment=Adjustment(point, reps, "pacc"))
-    assert d.adjusted_blast == pytest.approx((90.0, 90.25, 99.75), abs=1e-3)
-    assert d.adjusted_low[1] == 0.0 and d.adjusted_high[1] == 0.0
+    # The sample's interval is the bootstrap's widened to the exact interval of counting 50
+    # cells (quantify.interval_with_sampling): blasts 45 of 50 -> Clopper-Pearson 78.19-96.67 %,
+    # so 78.19-99.75 %; PMO 0 of 50 -> 0-7.11 %; LYT 5 of 50 -> 3.33-21.81 % (scipy's
+    # binomtest(k, 50).proportion_ci(method="exact")).
+    assert d.adjusted_blast == pytest.approx((90.0, 78.1865, 99.75), abs=1e-3)
+    assert d.adjusted_low[1] == 0.0 and d.adjusted_high[1] == pytest.approx(7.1121, abs=1e-3)
+    assert (d.adjusted_low[2], d.adjusted_high[2]) == pytest.approx((3.3275, 21.8135), abs=1e-3)
     # fit_quantifier's replicates are kept whole; its point estimate is clipped
     y, p = toy_validation()
     q = fit_quantifier(y, p, "pacc", n_boot=3)
     assert q.fits[0].clip and not any(f.clip for f in q.fits[1:])
+
+
+def test_a_sample_of_one_or_no_nucleated_cell_gets_no_narrow_adjusted_figure():
+    """Kinds of fault from a review: one nucleated cell (a blast) gave adjusted blasts 98.9 %
+    with an interval of 100-100 % (the point outside its own interval) and `blasts_high`; a
+    sample of two non-cells (ART) gave adjusted LYT 100 (100-100) %. Now the one-cell
+    interval is at least the exact one of counting one cell (2.5-100 %: borderline, not
+    high), and with no nucleated cell there is no adjusted differential, with the reason."""
+    from slideproc.quantify import Quantifier, _Aggregator
+
+    cfg = ReportConfig(non_cell_classes=("ART",), myeloid_classes=("BLA",), erythroid_classes=(), min_cells=500)
+    names = ["ART", "BLA", "LYT"]
+    # every replicate puts all nucleated mass on BLA (and some negative on LYT): cut to 100-100
+    leaky = np.array([[1.0, 0.0, 0.0], [0.0, 0.9, 0.0], [0.0, 0.1, 1.0]])
+    fits = [_Aggregator("pacc", matrix=np.eye(3))] + [_Aggregator("pacc", matrix=leaky, clip=False)] * 4
+    quantifier = Quantifier("pacc", 3, fits)
+    one_blast = np.array([[0.0, 0.989, 0.011]])
+    point, reps = quantify(quantifier, one_blast)
+    assert interval(reps)[0][1] == pytest.approx(1.0)  # the bootstrap alone: 100-100 %
+    d = sample_differential("one", names, [0, 1, 0], cfg, adjustment=Adjustment(point, reps, "pacc"))
+    p, low, high = d.adjusted_blast
+    assert p == pytest.approx(98.9, abs=1e-6)
+    # the exact interval at 0.989 cells of 1: Beta(0.025; 0.989, 1.011) ~ 2.4 % (1 of 1: 2.5 %)
+    assert 2.0 < low < 2.6 and low <= p <= high == 100.0
+    assert "blasts_high" not in d.flags and "blasts_borderline" in d.flags and "low_count" in d.flags
+    # two non-cells: no nucleated cell, no adjusted differential
+    point, reps = quantify(quantifier, np.array([[0.6, 0.1, 0.3], [0.7, 0.1, 0.2]]))
+    d = sample_differential("none", names, [2, 0, 0], cfg, adjustment=Adjustment(point, reps, "pacc"))
+    assert np.isnan(d.adjusted_percent).all() and np.isnan(d.adjusted_blast).all()
+    assert d.adjustment_missing == "adjusted differential not computed: no nucleated cell counted"
+    assert "not_adjusted" in d.flags and "blasts_high" not in d.flags

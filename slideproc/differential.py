@@ -28,7 +28,7 @@ Public API::
     sample_differential(sample_id, class_names, counts, config, needs_review=0) -> SampleDifferential
     differential_rows(diff) -> list[dict]                    # differential.csv rows of one sample
     differential_table(diffs) -> DataFrame                   # differential.csv
-    summary_table(diffs) -> DataFrame                        # one row per sample
+    summary_table(diffs, failed=None) -> DataFrame           # one row per sample, failed ones too
     reading_order(class_names, config) -> list[int]          # lineage order for charts/tables
 
 differential.csv columns: sample_id, class, count, percent, ci_low, ci_high,
@@ -66,8 +66,9 @@ FLAG_NO_ERYTHROID = "no_erythroid_cells"
 FLAG_REVIEW = "many_need_review"
 FLAG_MODEL_POOR = "model_poor"
 FLAG_NOT_ADJUSTED = "not_adjusted"
+FLAG_FILES_NOT_READ = "files_not_read"
 FLAGS = (FLAG_LOW_COUNT, FLAG_BLASTS, FLAG_BLASTS_BORDERLINE, FLAG_NO_ERYTHROID, FLAG_REVIEW, FLAG_MODEL_POOR,
-         FLAG_NOT_ADJUSTED)
+         FLAG_NOT_ADJUSTED, FLAG_FILES_NOT_READ)
 COLUMNS = ["sample_id", "class", "count", "percent", "ci_low", "ci_high", "adjusted_percent", "adjusted_ci_low",
            "adjusted_ci_high", "flags"]
 
@@ -156,6 +157,10 @@ class SampleDifferential:
     adjustment_missing: str = ""
     # One line: why the model's figures are poor ("" when they are not, or unknown).
     model_poor: str = ""
+    # Files of the sample that could not be read and are not counted (the Zarr sample
+    # attrs' ``skipped_sources``: dicts with source, path, error), of ``n_sources`` files.
+    skipped_sources: tuple = ()
+    n_sources: int = 0
 
     @property
     def adjusted(self) -> bool:
@@ -250,12 +255,15 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
 
 def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequence[int], config,
                         needs_review: int = 0, *, adjustment: Adjustment | None = None,
-                        adjustment_missing: str = "", model_poor: str = "") -> SampleDifferential:
+                        adjustment_missing: str = "", model_poor: str = "", skipped_sources=(),
+                        n_sources: int = 0) -> SampleDifferential:
     """The differential of one sample from its per-class counts (``config``: a ReportConfig).
 
     ``adjustment``: the sample's adjusted shares (quantify.py), or None with
     ``adjustment_missing`` saying why (one line; flagged ``not_adjusted``).
     ``model_poor``: one line when the model's validation figures are poor (flagged).
+    ``skipped_sources``: the sample's files that could not be read, of ``n_sources``
+    (flagged ``files_not_read``: the differential counts the other files only).
     Group members the model does not have are ignored; a blast class it does
     not have gives a NaN blast percent.
     """
@@ -300,7 +308,7 @@ def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequ
         myeloid=myeloid, erythroid=erythroid, me_ratio=me_ratio, me_low=me_low, me_high=me_high,
         blasts=int(blasts), blast_percent=blast_percent, blast_low=blast_low, blast_high=blast_high,
         needs_review=int(needs_review), flags=(), adjustment_missing=adjustment_missing, model_poor=model_poor,
-        **extra,
+        skipped_sources=tuple(dict(x) for x in skipped_sources or ()), n_sources=int(n_sources), **extra,
     )
     return dataclasses.replace(diff, flags=_flags(diff, config))
 
@@ -325,6 +333,8 @@ def _flags(diff: SampleDifferential, config) -> tuple[str, ...]:
         flags.append(FLAG_MODEL_POOR)
     if not diff.adjusted:
         flags.append(FLAG_NOT_ADJUSTED)
+    if diff.skipped_sources:
+        flags.append(FLAG_FILES_NOT_READ)
     return tuple(flags)
 
 
@@ -365,6 +375,11 @@ def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
         return f"model: {diff.model_poor}"
     if flag == FLAG_NOT_ADJUSTED:
         return diff.adjustment_missing or "adjusted differential not available"
+    if flag == FLAG_FILES_NOT_READ:
+        names = "; ".join(f"{x.get('source', '?')} ({x.get('error', '')})" for x in diff.skipped_sources)
+        of = f" of {diff.n_sources}" if diff.n_sources else ""
+        return (f"{len(diff.skipped_sources)}{of} files could not be read and are not counted: {names}; "
+                "replace them and re-run with --no-resume")
     return flag
 
 
@@ -402,8 +417,10 @@ def differential_table(diffs: Sequence[SampleDifferential]):
     return df.astype({"count": np.int64, **floats})
 
 
-def summary_table(diffs: Sequence[SampleDifferential]):
-    """One row per sample: the archive table of the report, as data."""
+def summary_table(diffs: Sequence[SampleDifferential], failed: dict[str, str] | None = None):
+    """One row per sample: the archive table of the report, as data. ``failed``: sample_id ->
+    error of samples the last run could not complete and the store does not hold: a row each
+    with ``status`` failed, the error and no figures, so no patient is missing from the table."""
     import pandas as pd
 
     rows = [
@@ -415,10 +432,13 @@ def summary_table(diffs: Sequence[SampleDifferential]):
             "me_ratio": d.me_ratio, "me_ci_low": d.me_low, "me_ci_high": d.me_high,
             "adjusted_me_ratio": d.adjusted_me[0],
             "needs_review": d.needs_review, "needs_review_percent": d.review_percent, "flags": ";".join(d.flags),
+            "status": "complete", "error": "",
         }
         for d in diffs
     ]
+    rows += [{"sample_id": sid, "status": "failed", "error": err} for sid, err in sorted((failed or {}).items())]
     return pd.DataFrame(rows, columns=["sample_id", "n_cells", "n_nucleated", "blast_percent", "blast_ci_low",
                                        "blast_ci_high", "adjusted_blast_percent", "adjusted_blast_ci_low",
                                        "adjusted_blast_ci_high", "me_ratio", "me_ci_low", "me_ci_high",
-                                       "adjusted_me_ratio", "needs_review", "needs_review_percent", "flags"])
+                                       "adjusted_me_ratio", "needs_review", "needs_review_percent", "flags",
+                                       "status", "error"])

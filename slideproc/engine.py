@@ -112,18 +112,18 @@ class _Sample:
 def read_model_info(model_dir: str | Path) -> ModelInfo:
     """Labels, digest and input size from MODEL_DIR without importing Keras."""
     from .classify.loading import LABELS_FILE, MODEL_FILE, _expected_digest, _read_labels, check_archive
-    from .errors import ModelError
+    from .errors import ModelError, ModelPathError
 
     model_dir = Path(model_dir)
     if model_dir.is_file():
         # `--model MODEL_DIR/model.keras`: the folder holds what goes with it (labels.json, model.sha256).
         if model_dir.name != MODEL_FILE:
-            raise ModelError(f"--model {model_dir} is a file; give the folder that holds {MODEL_FILE} and "
+            raise ModelPathError(f"--model {model_dir} is a file; give the folder that holds {MODEL_FILE} and "
                              f"{LABELS_FILE} (written by slideproc train)")
         log.info("--model %s: using its folder %s", model_dir, model_dir.parent)
         model_dir = model_dir.parent
     if not model_dir.is_dir():
-        raise ModelError(f"model directory not found: {model_dir}; give the folder that holds {MODEL_FILE} "
+        raise ModelPathError(f"model directory not found: {model_dir}; give the folder that holds {MODEL_FILE} "
                          "(written by `slideproc train`), or train one")
     if not (model_dir / MODEL_FILE).is_file():
         raise ModelError(f"{model_dir / MODEL_FILE} is missing; point --model at a directory written by slideproc train")

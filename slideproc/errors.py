@@ -40,6 +40,13 @@ class ModelError(SlideprocError):
     """A model directory is missing, inconsistent or unsafe to load."""
 
 
+class ModelPathError(ModelError):
+    """--model names no model directory (a path that does not exist, or a file other than
+    model.keras): bad usage, exit status 2, like an INPUT that does not exist."""
+
+    exit_code = 2
+
+
 class DataError(SlideprocError):
     """A training or evaluation data set is unusable."""
 

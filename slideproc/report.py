@@ -156,7 +156,9 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
         diff = dif.sample_differential(sample_id, names, counts, cfg, needs_review=len(review),
                                        adjustment=adjustment, model_poor=poor,
                                        adjustment_missing=missing or "adjusted differential not available: the "
-                                       "sample's classes differ from the model record's")
+                                       "sample's classes differ from the model record's",
+                                       skipped_sources=attrs.get("skipped_sources") or (),
+                                       n_sources=len(attrs.get("sources") or ()))
         diffs.append(diff)
         review_frames.append(
             review.sort_values(["confidence", "cell_id"], kind="mergesort")
@@ -185,12 +187,21 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
     atomic_write_text(out_dir / DIFFERENTIAL_CSV,
                       dif.differential_table(diffs).to_csv(index=False, lineterminator="\n"))
     tables.write_histograms_csv(out_dir)
+    # The last run's errors: samples it could not complete are named in the report and
+    # summary.csv, not only in errors.csv (a patient missing from the morning's table is
+    # the failure a reader cannot see).
+    errors = tables.read_errors_csv(out_dir)
+    reported = {d.sample_id for d in diffs}
+    failed: dict[str, str] = {}
+    for row in errors:
+        if row["sample_id"] not in reported:
+            failed[row["sample_id"]] = "; ".join(x for x in (failed.get(row["sample_id"]), row["error"]) if x)
     atomic_write_text(report_dir / "summary.csv",
-                      dif.summary_table(diffs).to_csv(index=False, lineterminator="\n"))
+                      dif.summary_table(diffs, failed).to_csv(index=False, lineterminator="\n"))
     review_all = (pd.concat(review_frames, ignore_index=True) if review_frames
                   else pd.DataFrame(columns=NEEDS_REVIEW_COLUMNS))
     atomic_write_text(report_dir / "needs_review.csv", review_all.to_csv(index=False, lineterminator="\n"))
-    page = render_html(root_attrs, cfg, sections, card=card)
+    page = render_html(root_attrs, cfg, sections, card=card, errors=errors)
     return atomic_write_text(report_dir / "index.html", page)
 
 
@@ -296,8 +307,28 @@ def _model_line(root_attrs: dict, card: model_card.ModelCard | None, cfg: Report
     return "<p class=model>" + "; ".join(parts) + ".</p>"
 
 
-def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.ModelCard | None = None) -> str:
-    """The report page; ``sections``: [(SampleDifferential, sample attrs, {kind: png bytes})]."""
+def _errors_block(errors: list[dict], reported: set[str]) -> str:
+    """The last run's errors (errors.csv), above the archive: which samples are missing from
+    this report and why, and which files of reported samples were not read."""
+    if not errors:
+        return ""
+    e = html.escape
+    missing = sorted({r["sample_id"] for r in errors} - reported)
+    head = (f"{len(missing)} sample(s) failed in the last run and are not in this report: "
+            f"{e(', '.join(missing))}." if missing else
+            "Every sample below is complete; some of their files could not be read (their flags say which).")
+    rows = "".join(
+        f"<tr><td class=id>{e(r['sample_id'])}</td><td class=id>{e(r['stage'])}</td>"
+        f"<td class=id>{e(r['path'])}</td><td class=id>{e(r['error'])}</td></tr>" for r in errors)
+    return (f"<h2 class=flag id=errors>Errors in the last run (errors.csv)</h2><p class='flag banner'>{head}</p>"
+            "<table><thead><tr><th class=id>sample</th><th class=id>stage</th><th class=id>file</th>"
+            f"<th class=id>error</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.ModelCard | None = None,
+                errors: list[dict] | None = None) -> str:
+    """The report page; ``sections``: [(SampleDifferential, sample attrs, {kind: png bytes})];
+    ``errors``: errors.csv's rows (the last run's failures), listed above the archive."""
     e = html.escape
     head = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -358,8 +389,12 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
             f"<td>{me}</td><td>{review}</td><td class='id flag'>{e(flags)}</td></tr>"
         )
     adj_head = "<th>blast % adjusted (95 % interval)</th>" if adjusted_any else ""
+    reported = {d.sample_id for d, _a, _p in sections}
+    n_failed = len({r["sample_id"] for r in errors or ()} - reported)
     archive = (
-        f"<h2>Archive ({len(sections)} samples)</h2>"
+        _errors_block(list(errors or ()), reported) +
+        f"<h2>Archive ({len(sections)} samples"
+        + (f"; {n_failed} failed, above" if n_failed else "") + ")</h2>"
         "<table id=archive><thead><tr><th class=id>sample</th><th>cells counted</th><th>nucleated cells</th>"
         f"{adj_head}<th>blast % raw (95 % interval)</th><th>M:E{' adjusted' if adjusted_any else ''} "
         "(95 % interval)</th><th>below review confidence</th><th class=id>flags</th></tr></thead>"
@@ -369,7 +404,9 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
         archive += "<p>No complete samples in this run yet.</p>"
     blocks = []
     for i, (diff, attrs, pngs) in enumerate(sections):
-        sources = ", ".join(str(s) for s in attrs.get("sources") or [])
+        not_read = {str(x.get("source")) for x in attrs.get("skipped_sources") or ()}
+        sources = ", ".join(str(s) + (" (not read)" if str(s) in not_read else "")
+                            for s in attrs.get("sources") or [])
         flags = "".join(f"<p class=flag>{e(dif.describe_flag(f, diff, cfg))}</p>" for f in diff.flags
                         if f != dif.FLAG_MODEL_POOR)
         gallery = (_img(pngs["gallery"], f"example cells of {diff.sample_id}") if "gallery" in pngs

@@ -250,9 +250,13 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             results[f"<{Path(path).name}>"] = SampleResult(Path(path).name or path, "failed", stage="input",
                                                            error=f"{path}: {reason}", path=path)
         failures = [r for r in results.values() if r.status == "failed"]
-        # A sample complete without some unreadable images: one row per file left out.
-        failures += [SampleResult(r.sample_id, "partial", stage="open", error=s["error"], path=s["path"])
-                     for r in list(results.values()) if r.status != "skipped"
+        n_failed_samples = len(failures)
+        # A sample complete without some unreadable images: one row per file left out, in
+        # every run that keeps that sample (a resume must not turn the loss silent).
+        failures += [SampleResult(r.sample_id, "partial", stage="open", path=s["path"],
+                                  error=s["error"] + (" (a file of a sample kept from an earlier run; replace it "
+                                                      "and re-run with --no-resume)" if r.status == "skipped" else ""))
+                     for r in list(results.values())
                      for s in getattr(r, "skipped_sources", [])]
         # Said before the tables are written: on a full disk they may not be.
         for r in failures:
@@ -290,5 +294,7 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             write_report(out_dir, cfg)
         tables.write_run_json(out_dir, run_json)
     n_ok = sum(r.status in ("complete", "skipped") for r in results.values())
-    log.info("%d sample(s) complete, %d failed; outputs in %s", n_ok, len(failures), out_dir)
+    n_not_read = len(failures) - n_failed_samples
+    log.info("%d sample(s) complete, %d failed%s; outputs in %s", n_ok, n_failed_samples,
+             f", {n_not_read} file(s) not read" if n_not_read else "", out_dir)
     return 1 if failures else 0

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from slideproc.cli import main
 from slideproc.errors import SlideprocError, UsageError
 from slideproc.sources.discover import check_sample_id, discover, read_manifest, Discovery
 
@@ -223,6 +224,21 @@ def test_manifest_duplicates_across_sample_and_manifest_collide(tmp_path, real_s
     manifest.write_text("sample_id,path\nsmall,small.svs\n")
     with pytest.raises(UsageError, match="same sample_id 'small'"):
         discover([manifest, tmp_path / "small.svs"])
+
+
+def test_one_file_in_two_samples_is_refused(tmp_path, real_slides):
+    """A manifest listing one file under two sample_ids (or a file given beside a manifest
+    that lists it under another id) would count its cells for two patients: exit 2, naming
+    the file and both samples."""
+    shutil.copy(real_slides / "small.svs", tmp_path / "small.svs")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("sample_id,path\nA,small.svs\nB,small.svs\n")
+    with pytest.raises(UsageError, match=r"small.svs is in two samples, 'A' and 'B'; a file belongs to one"):
+        discover([manifest])
+    manifest.write_text("sample_id,path\nA,small.svs\n")
+    with pytest.raises(UsageError, match="is in two samples, 'A' and 'small'"):
+        discover([manifest, tmp_path / "small.svs"])
+    assert main(["plan", str(manifest), str(tmp_path / "small.svs")]) == 2
 
 
 @pytest.mark.parametrize("good", ["A", "a.b-c_d", "0", "x" * 128])

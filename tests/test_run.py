@@ -127,9 +127,10 @@ def test_second_run_into_same_out_dir_refuses(small_archive, tiny_model, tmp_pat
 
 def test_missing_model_is_a_clear_error(small_archive, tmp_path, capsys):
     rc = main(["run", str(small_archive / "slides"), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
-    assert rc == 1 or rc == 2
+    assert rc == 2  # a path that names no model is bad usage, like an INPUT that does not exist
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_detect_writes_cells_without_classes(small_archive, tmp_path):
@@ -145,3 +146,38 @@ def test_detect_writes_cells_without_classes(small_archive, tmp_path):
         # detection itself is scored in tests/test_detect.py; here: the same sources and a sane count
         assert set(cells.source) <= set(sample_truth.source)
         assert abs(len(cells) - len(sample_truth)) <= 0.1 * len(sample_truth) + 2
+
+
+def test_a_sample_missing_files_and_a_failed_sample_are_in_the_report_and_every_rerun(
+        real_slides, small_archive, tiny_model, tmp_path):
+    """Kinds of fault from a review: a folder sample complete without an unreadable field
+    raised no flag, its re-run exited 0 with an empty errors.csv, and a failed sample was
+    absent from the report and summary.csv (only errors.csv and stderr named it). Now the
+    sample is flagged `files_not_read`, every re-run names the file again (exit 1), and the
+    failed sample is a row of summary.csv and a line above the report's archive."""
+    folder = tmp_path / "partial"
+    shutil.copytree(small_archive / "folders" / "folder_000", folder)
+    data = (folder / "field_000.png").read_bytes()
+    (folder / "bad.png").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    args = ["-q", "run", str(folder), str(real_slides / "unreadable.svs"), "--mpp", "0.25",
+            "--model", str(tiny_model), "--out", str(out), "--workers", "1"]
+    assert main(args) == 1
+    summary = pd.read_csv(out / "report" / "summary.csv", keep_default_na=False).set_index("sample_id")
+    assert summary.loc["partial", "status"] == "complete" and "files_not_read" in summary.loc["partial", "flags"]
+    assert summary.loc["unreadable", "status"] == "failed"
+    assert "unreadable.svs" in summary.loc["unreadable", "error"]
+    assert summary.loc["unreadable", "n_cells"] == ""
+    flags = pd.read_csv(out / "differential.csv").groupby("sample_id")["flags"].first()
+    assert "files_not_read" in flags["partial"]
+    page = (out / "report" / "index.html").read_text()
+    assert "1 sample(s) failed in the last run and are not in this report: unreadable." in page
+    assert "Archive (1 samples; 1 failed, above)" in page
+    assert "bad.png (not read)" in page
+    assert "1 of 2 files could not be read and are not counted: bad.png (" in page
+    # resumed: the sample is kept, and its unread file is named again
+    assert main(args) == 1
+    errors = pd.read_csv(out / "errors.csv")
+    row = errors[errors.sample_id == "partial"].iloc[0]
+    assert row.stage == "open" and row.path.endswith("bad.png") and "kept from an earlier run" in row.error
+    assert json.loads((out / "run.json").read_text())["samples"]["partial"]["status"] == "skipped"

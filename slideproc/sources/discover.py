@@ -321,8 +321,8 @@ def read_manifest(path: Path, out: Discovery) -> set[str]:
 def discover(inputs: list[str | Path]) -> Discovery:
     """Samples for the given INPUT paths, in a stable order (module docstring).
 
-    Raises UsageError for a bad manifest or two samples with the same
-    sample_id; a missing input or a folder with nothing to process is a
+    Raises UsageError for a bad manifest, two samples with the same
+    sample_id, or one file in two samples; a missing input or a folder with nothing to process is a
     problem (a failed row in errors.csv), not fatal.
     """
     out = Discovery()
@@ -355,4 +355,16 @@ def discover(inputs: list[str | Path]) -> Discovery:
                 f"{sample.origin}); rename one of them, or list them in a manifest.csv with distinct sample_ids"
             )
         seen[sample.sample_id] = sample.origin
+    # One file (page) belongs to one sample: counted in two, the same cells would enter
+    # two patients' differentials.
+    owner: dict[tuple[str, int | None], str] = {}
+    for sample in out.samples:
+        for ref in sample.sources:
+            key = (ref.path, ref.page)
+            other = owner.setdefault(key, sample.sample_id)
+            if other != sample.sample_id:
+                raise UsageError(
+                    f"{ref.path}{'' if ref.page is None else f' (page {ref.page + 1})'} is in two samples, "
+                    f"{other!r} and {sample.sample_id!r}; a file belongs to one sample (one patient): "
+                    "remove it from one of them")
     return out

@@ -12,6 +12,7 @@ Public API::
     write_sample_csv(out_dir, sample_id) -> Path         # `run`: from the store
     histograms_table(out_dir) -> DataFrame
     write_histograms_csv(out_dir) -> Path
+    read_errors_csv(out_dir) -> [dict]                   # errors.csv's rows; [] without it
     write_errors_csv(out_dir, errors) -> Path            # errors: dicts or objects with
                                                          # sample_id, path, stage, error
     sample_summaries(out_dir) -> list[dict]              # per complete sample, for run.json
@@ -136,6 +137,17 @@ def _error_record(err: Any) -> dict:
     get = err.get if isinstance(err, dict) else (lambda k, d=None: getattr(err, k, d))
     # One line per error: a traceback or a multi-line message would split the row.
     return {k: " ".join(str(get(k, "") or "").split()) for k in ERROR_COLUMNS}
+
+
+def read_errors_csv(out_dir: str | os.PathLike) -> list[dict]:
+    """errors.csv's rows (dicts of ERROR_COLUMNS, strings); [] when there is none."""
+    import pandas as pd
+
+    path = Path(out_dir) / ERRORS_CSV
+    if not path.is_file():
+        return []
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return [{c: str(row.get(c, "")) for c in ERROR_COLUMNS} for row in df.to_dict("records")]
 
 
 def write_errors_csv(out_dir: str | os.PathLike, errors: Iterable[Any]) -> Path:

@@ -115,7 +115,8 @@ def test_bad_model_is_refused_before_anything_is_written(case, good_fields, tmp_
     damage(model)
     out = tmp_path / "out"
     proc = slideproc("run", good_fields, "--mpp", "0.25", "--model", model, "--out", out)
-    line = assert_one_line_error(proc, 1, *words)
+    # a path naming no model directory is bad usage (exit 2); a damaged model exit 1
+    line = assert_one_line_error(proc, 2 if case == "missing_dir" else 1, *words)
     assert str(model) in line
     assert not out.exists(), tree(out)
 

@@ -230,6 +230,7 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
                             progress=progress, local=not scheduler)
             results = engine.run()
         now_stored = zarr_store.completed_sample_attrs(out_dir) if model is not None and results else {}
+        stored_at_end = (now_stored or zarr_store.completed_sample_attrs(out_dir)) if model is not None else {}
         for sid, result in results.items():
             if sid in work.redo:
                 result.redone_because = list(work.redo[sid])
@@ -280,6 +281,11 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             "cluster": {"scheduler": scheduler or "local", "dashboard": dashboard, "workers": workers_seen},
             "samples": {sid: {k: v for k, v in vars(r).items() if k != "sample_id"}
                         for sid, r in sorted(results.items())},
+            # Samples complete in the store that this run was not given (an earlier run's
+            # inputs): the report and tables hold them, so run.json names who made them.
+            "earlier_samples": {sid: {"made_by": _provenance(attrs),
+                                      "skipped_sources": list(attrs.get("skipped_sources") or [])}
+                                for sid, attrs in sorted(stored_at_end.items()) if sid not in results},
             # Files under the inputs that are in no sample, and each source's mpp
             # and where it came from (sources/mpp.py), as planned from headers.
             **plan_record(plan),

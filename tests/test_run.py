@@ -181,3 +181,11 @@ def test_a_sample_missing_files_and_a_failed_sample_are_in_the_report_and_every_
     row = errors[errors.sample_id == "partial"].iloc[0]
     assert row.stage == "open" and row.path.endswith("bad.png") and "kept from an earlier run" in row.error
     assert json.loads((out / "run.json").read_text())["samples"]["partial"]["status"] == "skipped"
+    # a run given other inputs: run.json still names who made the samples it did not touch
+    first_id = json.loads((out / "run.json").read_text())["samples"]["partial"]["made_by"]["run_id"]
+    assert main(["-q", "run", str(small_archive / "folders" / "folder_001"), "--mpp", "0.25",
+                 "--model", str(tiny_model), "--out", str(out), "--workers", "1"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert set(record["samples"]) == {"folder_001"}
+    assert record["earlier_samples"]["partial"]["made_by"]["run_id"] == first_id
+    assert [s["source"] for s in record["earlier_samples"]["partial"]["skipped_sources"]] == ["bad.png"]

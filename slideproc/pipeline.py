@@ -12,7 +12,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-import keras
+from .backend_noise import import_keras
+
+import_keras()  # the first keras import anywhere: without TensorFlow's start-up lines on stderr
+import keras  # noqa: E402
 import numpy as np
 
 from .augment import augment

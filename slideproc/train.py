@@ -33,7 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-import keras
+from .backend_noise import import_keras
+
+import_keras()  # the first keras import anywhere: without TensorFlow's start-up lines on stderr
+import keras  # noqa: E402
 import numpy as np
 
 from .classify.calibration import (CALIBRATION_FILE, Calibration, calibrate, fit_calibration, fit_temperature,

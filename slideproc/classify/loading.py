@@ -226,6 +226,9 @@ def load_model_dir(path: str | Path) -> LoadedModel:
             f"{model_dir / LABELS_FILE} lists {len(info['labels'])} labels but {model_file} has {units} outputs; "
             f"use the labels.json written with this model"
         )
+    from ..backend_noise import import_keras
+
+    import_keras()  # without TensorFlow's start-up lines on stderr (a worker's first keras import)
     import keras
 
     from . import preprocess  # noqa: F401  (registers CropPreprocess)

@@ -14,7 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
+from ..backend_noise import import_keras
+
+import_keras()  # the first keras import anywhere: without TensorFlow's start-up lines on stderr
+import keras  # noqa: E402
 
 from ..errors import ModelError
 from .preprocess import CropPreprocess

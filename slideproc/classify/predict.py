@@ -14,7 +14,10 @@ import logging
 import threading
 from pathlib import Path
 
-import keras
+from ..backend_noise import import_keras
+
+import_keras()  # the first keras import anywhere: without TensorFlow's start-up lines on stderr
+import keras  # noqa: E402
 import numpy as np
 
 from ..errors import InputError, ModelError

@@ -12,7 +12,10 @@ pipeline and :class:`~slideproc.classify.predict.Predictor` both call it.
 
 from __future__ import annotations
 
-import keras
+from ..backend_noise import import_keras
+
+import_keras()  # the first keras import anywhere: without TensorFlow's start-up lines on stderr
+import keras  # noqa: E402
 import numpy as np
 from keras import ops
 from PIL import Image

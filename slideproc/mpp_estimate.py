@@ -66,6 +66,7 @@ field too poor in red cells to be measured alone takes the sample's value.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -323,7 +324,9 @@ def estimate_mpp(rgb: np.ndarray, min_red_cells: int = MIN_RED_CELLS, where: str
         raise _refused(where, f"found {n_cells} at a typical size, need {min_red_cells}")
     coverage = near.size / mask.size
     if coverage < MIN_COVERAGE:
-        raise _refused(where, f"red cells of a typical size cover {100 * coverage:.0f} % of the field, need "
+        # floor, not round: 9.7 % must not read "10 %, need 10 %"
+        shown = math.floor(1000 * coverage) / 10
+        raise _refused(where, f"red cells of a typical size cover {shown:.1f} % of the field, need "
                               f"{100 * MIN_COVERAGE:.0f} % (a crop around one cell, or no film)")
     # Two readings of the size, in level-0 px: the opening mode (every red cell,
     # touching or not, but shape-dependent: a ragged or oval cell's inscribed

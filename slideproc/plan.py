@@ -154,6 +154,8 @@ def _share_estimate(spec: SampleSpec, sample: SamplePlan, cfg: RunConfig) -> Sam
         if not pooled_here:
             continue
         if disagree is not None:  # the sample fails: one line, on the field furthest from the others
+            if s.estimate_refused:  # its own refusal is not why the sample fails: the note below is
+                s.error = ""
             s.mpp, s.mpp_from, s.estimate_refused = None, "", ""
             if s.path == disagree.path:
                 s.error = str(disagree)

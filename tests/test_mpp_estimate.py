@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +336,20 @@ def test_an_estimate_far_from_the_resolution_its_sample_carries_gets_a_note(auto
             assert auto.notes == []
     assert main(["plan", str(manifest)]) == 0
     assert "    note: " + auto.notes[0] in capsys.readouterr().out
+
+
+def test_a_refused_field_beside_disagreeing_fields_is_not_blamed(pooled_inputs, tmp_path, capsys):
+    """Kind of fault from a review: a sample whose fields disagree (one at twice the
+    magnification) and that also holds a field too poor in red cells to be measured alone
+    failed in `plan` with that poor field's refusal as its first error. Now the one error
+    names the disagreeing field; the poor field carries the note."""
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    for name in ("f0_20px.png", "f1_20px.png", "f2_40px.png"):
+        shutil.copy(pooled_inputs / "mixed" / name, mix / name)
+    shutil.copy(pooled_inputs / "film" / "glass.png", mix / "glass.png")
+    assert main(["plan", str(mix), "--mpp", "auto"]) == 1
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("slideproc: error:")]
+    assert len(lines) == 1 and f"{mix / 'f2_40px.png'}: its red cells read" in lines[0]
+    assert f"note: {mix / 'glass.png'}: no resolution: its sample's fields disagree" in out

@@ -312,10 +312,14 @@ def log_plan(plan: Plan) -> None:
                 log.info("%s: %s", sample.sample_id, first[generic])
             else:
                 log.info("%s: %d files: %s", sample.sample_id, n, generic)
-        pooled = [s for s in sample.sources if s.mpp_from == "estimated" and s.sample_fields > 1]
-        if pooled:
+        estimated = [s for s in sample.sources if s.mpp_from == "estimated"]
+        if estimated and estimated[0].sample_fields > 1:
             log.info("%s: %.4g um/px estimated from red cells, the median of %d fields' estimates (%d fields use it)",
-                     sample.sample_id, pooled[0].mpp, pooled[0].sample_fields, len(pooled))
+                     sample.sample_id, estimated[0].mpp, estimated[0].sample_fields, len(estimated))
+        elif estimated:  # one field measured: say on how many red cells the sample's value rests
+            measured = next((s for s in estimated if s.field_estimate is not None), estimated[0])
+            log.info("%s: %.4g um/px estimated from red cells, %s red cells of one field (%d field(s) use it)",
+                     sample.sample_id, measured.mpp, measured.red_cells, len(estimated))
 
 
 __all__ = ["SourcePlan", "SamplePlan", "Plan", "plan_source", "plan_samples", "plan_inputs", "format_plan",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -353,3 +354,24 @@ def test_a_refused_field_beside_disagreeing_fields_is_not_blamed(pooled_inputs, 
     lines = [line for line in err.splitlines() if line.startswith("slideproc: error:")]
     assert len(lines) == 1 and f"{mix / 'f2_40px.png'}: its red cells read" in lines[0]
     assert f"note: {mix / 'glass.png'}: no resolution: its sample's fields disagree" in out
+
+
+def test_the_log_says_a_one_field_samples_estimate(auto_inputs, caplog):
+    """The log states each estimated sample's value once, a one-field sample's too (a review
+    found only pooled samples logged), with the red cells it rests on."""
+    from dataclasses import replace
+
+    from slideproc.plan import log_plan, plan_inputs
+
+    expected = estimate_mpp(np.asarray(Image.open(auto_inputs / "film" / "f1.png")))
+    cfg = RunConfig()
+    cfg = replace(cfg, source=replace(cfg.source, estimate_mpp="red_cells"))
+    logger = logging.getLogger("slideproc.plan")  # the CLI stops "slideproc" propagating to the root
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="slideproc.plan"):
+            log_plan(plan_inputs([str(auto_inputs / "film")], cfg))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert (f"film: {expected.mpp:.4g} um/px estimated from red cells, {expected.n_cells} red cells of one field "
+            "(1 field(s) use it)") in caplog.text

@@ -67,8 +67,9 @@ FLAG_REVIEW = "many_need_review"
 FLAG_MODEL_POOR = "model_poor"
 FLAG_NOT_ADJUSTED = "not_adjusted"
 FLAG_FILES_NOT_READ = "files_not_read"
+FLAG_LAST_RUN_FAILED = "last_run_failed"
 FLAGS = (FLAG_LOW_COUNT, FLAG_BLASTS, FLAG_BLASTS_BORDERLINE, FLAG_NO_ERYTHROID, FLAG_REVIEW, FLAG_MODEL_POOR,
-         FLAG_NOT_ADJUSTED, FLAG_FILES_NOT_READ)
+         FLAG_NOT_ADJUSTED, FLAG_FILES_NOT_READ, FLAG_LAST_RUN_FAILED)
 COLUMNS = ["sample_id", "class", "count", "percent", "ci_low", "ci_high", "adjusted_percent", "adjusted_ci_low",
            "adjusted_ci_high", "flags"]
 
@@ -161,6 +162,9 @@ class SampleDifferential:
     # attrs' ``skipped_sources``: dicts with source, path, error), of ``n_sources`` files.
     skipped_sources: tuple = ()
     n_sources: int = 0
+    # One line when the last run failed to redo this sample: these figures are an
+    # earlier run's (errors.csv says why; "" otherwise).
+    last_run_error: str = ""
 
     @property
     def adjusted(self) -> bool:
@@ -256,7 +260,7 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
 def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequence[int], config,
                         needs_review: int = 0, *, adjustment: Adjustment | None = None,
                         adjustment_missing: str = "", model_poor: str = "", skipped_sources=(),
-                        n_sources: int = 0) -> SampleDifferential:
+                        n_sources: int = 0, last_run_error: str = "") -> SampleDifferential:
     """The differential of one sample from its per-class counts (``config``: a ReportConfig).
 
     ``adjustment``: the sample's adjusted shares (quantify.py), or None with
@@ -264,6 +268,8 @@ def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequ
     ``model_poor``: one line when the model's validation figures are poor (flagged).
     ``skipped_sources``: the sample's files that could not be read, of ``n_sources``
     (flagged ``files_not_read``: the differential counts the other files only).
+    ``last_run_error``: why the last run could not redo the sample, whose stored figures
+    are then an earlier run's (flagged ``last_run_failed``).
     Group members the model does not have are ignored; a blast class it does
     not have gives a NaN blast percent.
     """
@@ -308,7 +314,8 @@ def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequ
         myeloid=myeloid, erythroid=erythroid, me_ratio=me_ratio, me_low=me_low, me_high=me_high,
         blasts=int(blasts), blast_percent=blast_percent, blast_low=blast_low, blast_high=blast_high,
         needs_review=int(needs_review), flags=(), adjustment_missing=adjustment_missing, model_poor=model_poor,
-        skipped_sources=tuple(dict(x) for x in skipped_sources or ()), n_sources=int(n_sources), **extra,
+        skipped_sources=tuple(dict(x) for x in skipped_sources or ()), n_sources=int(n_sources),
+        last_run_error=str(last_run_error or ""), **extra,
     )
     return dataclasses.replace(diff, flags=_flags(diff, config))
 
@@ -335,6 +342,8 @@ def _flags(diff: SampleDifferential, config) -> tuple[str, ...]:
         flags.append(FLAG_NOT_ADJUSTED)
     if diff.skipped_sources:
         flags.append(FLAG_FILES_NOT_READ)
+    if diff.last_run_error:
+        flags.append(FLAG_LAST_RUN_FAILED)
     return tuple(flags)
 
 
@@ -380,6 +389,8 @@ def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
         of = f" of {diff.n_sources}" if diff.n_sources else ""
         return (f"{len(diff.skipped_sources)}{of} files could not be read and are not counted: {names}; "
                 "replace them and re-run with --no-resume")
+    if flag == FLAG_LAST_RUN_FAILED:
+        return f"the last run could not redo this sample; these are an earlier run's results: {diff.last_run_error}"
     return flag
 
 

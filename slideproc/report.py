@@ -139,6 +139,7 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
     for folder in (out_dir, report_dir, out_dir / geojson.GEOJSON_DIR):
         remove_stale_temporaries(folder)
 
+    errors = tables.read_errors_csv(out_dir)  # the last run's failures
     card = model_card.load_stored_card(out_dir)
     quantifier, missing = adjuster(card, class_names, cfg)
     poor = model_poor(card, cfg)
@@ -148,6 +149,10 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
         names = list(attrs.get("class_names") or class_names)
         counts = zarr_store.read_histogram(out_dir, sample_id)
         review = cells[cells["confidence"] < cfg.review_confidence]
+        # errors.csv rows of this sample that are not its unread files: the last run failed
+        # to redo it, and what the store holds is an earlier run's
+        not_read = {str(x.get("path")) for x in attrs.get("skipped_sources") or ()}
+        failed_now = "; ".join(r["error"] for r in errors if r["sample_id"] == sample_id and r["path"] not in not_read)
         adjustment = None
         if quantifier is not None and names == list(card.labels):
             point, reps = quantify.quantify(quantifier, np.asarray(probabilities, np.float64),
@@ -158,7 +163,7 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
                                        adjustment_missing=missing or "adjusted differential not available: the "
                                        "sample's classes differ from the model record's",
                                        skipped_sources=attrs.get("skipped_sources") or (),
-                                       n_sources=len(attrs.get("sources") or ()))
+                                       n_sources=len(attrs.get("sources") or ()), last_run_error=failed_now)
         diffs.append(diff)
         review_frames.append(
             review.sort_values(["confidence", "cell_id"], kind="mergesort")
@@ -190,7 +195,6 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
     # The last run's errors: samples it could not complete are named in the report and
     # summary.csv, not only in errors.csv (a patient missing from the morning's table is
     # the failure a reader cannot see).
-    errors = tables.read_errors_csv(out_dir)
     reported = {d.sample_id for d in diffs}
     failed: dict[str, str] = {}
     for row in errors:
@@ -315,8 +319,11 @@ def _errors_block(errors: list[dict], reported: set[str]) -> str:
     e = html.escape
     missing = sorted({r["sample_id"] for r in errors} - reported)
     head = (f"{len(missing)} sample(s) failed in the last run and are not in this report: "
-            f"{e(', '.join(missing))}." if missing else
-            "Every sample below is complete; some of their files could not be read (their flags say which).")
+            f"{e(', '.join(missing))}. " if missing else "")
+    if set(r["sample_id"] for r in errors) & reported:
+        head += ("The other samples named here are in the report, flagged: complete without the files named "
+                 "(files_not_read), or with an earlier run's results that the last run could not redo "
+                 "(last_run_failed).")
     rows = "".join(
         f"<tr><td class=id>{e(r['sample_id'])}</td><td class=id>{e(r['stage'])}</td>"
         f"<td class=id>{e(r['path'])}</td><td class=id>{e(r['error'])}</td></tr>" for r in errors)

@@ -189,3 +189,24 @@ def test_a_sample_missing_files_and_a_failed_sample_are_in_the_report_and_every_
     assert set(record["samples"]) == {"folder_001"}
     assert record["earlier_samples"]["partial"]["made_by"]["run_id"] == first_id
     assert [s["source"] for s in record["earlier_samples"]["partial"]["skipped_sources"]] == ["bad.png"]
+
+
+def test_a_sample_the_last_run_could_not_redo_is_flagged_with_its_earlier_results(
+        small_archive, tiny_model, tmp_path):
+    """A sample whose file changed is redone; when the redo fails, the store keeps the
+    earlier results (README). The report shows them flagged `last_run_failed` with the
+    error, so nobody reads them as this run's."""
+    folder = tmp_path / "S1"
+    shutil.copytree(small_archive / "folders" / "folder_000", folder)
+    out = tmp_path / "out"
+    args = ["-q", "run", str(folder), "--mpp", "0.25", "--model", str(tiny_model), "--out", str(out),
+            "--workers", "1"]
+    assert main(args) == 0
+    field = folder / "field_000.png"
+    field.write_bytes(field.read_bytes()[:5000])  # changed, so redone, and now unreadable
+    assert main(args) == 1
+    flags = pd.read_csv(out / "differential.csv").groupby("sample_id")["flags"].first()
+    assert "last_run_failed" in flags["S1"]
+    page = (out / "report" / "index.html").read_text()
+    assert "the last run could not redo this sample; these are an earlier run&#x27;s results:" in page
+    assert "field_000.png" in page and "(last_run_failed)" in page

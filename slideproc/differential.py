@@ -249,9 +249,12 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
         # widened, as the shares are, to the exact interval of p = M / (M + E) at the adjusted
         # counts, mapped by p / (1 - p) (as ratio_ci does for the raw counts)
         m_n, e_n = (float(pct[idx].sum()) / 100.0 * n_nucleated for idx in (my, er))
-        p_low, p_high = exact_interval(m_n, m_n + e_n)
-        odds = (lambda q: q / (1.0 - q) if q < 1.0 else np.inf)
-        me = (float(r), float(np.fmin(r_low, odds(float(p_low)))), float(np.fmax(r_high, odds(float(p_high)))))
+        if m_n + e_n > 0 and not math.isnan(m_n + e_n):
+            p_low, p_high = (float(v) for v in exact_interval(m_n, m_n + e_n))
+            odds = (lambda q: q / (1.0 - q) if q < 1.0 else np.inf)
+            r_low, r_high = float(np.fmin(r_low, odds(p_low))), float(np.fmax(r_high, odds(p_high)))
+        # no myeloid or erythroid share at all: the ratio is undefined, its interval too
+        me = (float(r), float(r_low), float(r_high)) if not math.isnan(float(r)) else _NAN3
     return {"adjusted_percent": tuple(float(v) for v in pct), "adjusted_low": tuple(float(v) for v in low),
             "adjusted_high": tuple(float(v) for v in high), "adjusted_blast": blast, "adjusted_me": me,
             "adjustment_method": adj.method}
@@ -431,7 +434,9 @@ def differential_table(diffs: Sequence[SampleDifferential]):
 def summary_table(diffs: Sequence[SampleDifferential], failed: dict[str, str] | None = None):
     """One row per sample: the archive table of the report, as data. ``failed``: sample_id ->
     error of samples the last run could not complete and the store does not hold: a row each
-    with ``status`` failed, the error and no figures, so no patient is missing from the table."""
+    with ``status`` failed, the error and no figures, so no patient is missing from the table.
+    ``status``: complete, last_run_failed (an earlier run's figures; ``error`` says why the
+    last run could not redo it) or failed."""
     import pandas as pd
 
     rows = [
@@ -443,13 +448,16 @@ def summary_table(diffs: Sequence[SampleDifferential], failed: dict[str, str] | 
             "me_ratio": d.me_ratio, "me_ci_low": d.me_low, "me_ci_high": d.me_high,
             "adjusted_me_ratio": d.adjusted_me[0],
             "needs_review": d.needs_review, "needs_review_percent": d.review_percent, "flags": ";".join(d.flags),
-            "status": "complete", "error": "",
+            # a sample the last run could not redo shows an earlier run's figures: said here too
+            "status": "last_run_failed" if d.last_run_error else "complete", "error": d.last_run_error,
         }
         for d in diffs
     ]
     rows += [{"sample_id": sid, "status": "failed", "error": err} for sid, err in sorted((failed or {}).items())]
-    return pd.DataFrame(rows, columns=["sample_id", "n_cells", "n_nucleated", "blast_percent", "blast_ci_low",
+    table = pd.DataFrame(rows, columns=["sample_id", "n_cells", "n_nucleated", "blast_percent", "blast_ci_low",
                                        "blast_ci_high", "adjusted_blast_percent", "adjusted_blast_ci_low",
                                        "adjusted_blast_ci_high", "me_ratio", "me_ci_low", "me_ci_high",
                                        "adjusted_me_ratio", "needs_review", "needs_review_percent", "flags",
                                        "status", "error"])
+    # counts stay whole numbers beside a failed sample's empty cells (pandas' nullable integers)
+    return table.astype({"n_cells": "Int64", "n_nucleated": "Int64", "needs_review": "Int64"})

@@ -318,7 +318,7 @@ def _errors_block(errors: list[dict], reported: set[str]) -> str:
         return ""
     e = html.escape
     missing = sorted({r["sample_id"] for r in errors} - reported)
-    head = (f"{len(missing)} sample(s) failed in the last run and are not in this report: "
+    head = (f"{len(missing)} sample(s) failed and are not in this report: "
             f"{e(', '.join(missing))}. " if missing else "")
     if set(r["sample_id"] for r in errors) & reported:
         head += ("The other samples named here are in the report, flagged: complete without the files named "
@@ -327,7 +327,7 @@ def _errors_block(errors: list[dict], reported: set[str]) -> str:
     rows = "".join(
         f"<tr><td class=id>{e(r['sample_id'])}</td><td class=id>{e(r['stage'])}</td>"
         f"<td class=id>{e(r['path'])}</td><td class=id>{e(r['error'])}</td></tr>" for r in errors)
-    return (f"<h2 class=flag id=errors>Errors in the last run (errors.csv)</h2><p class='flag banner'>{head}</p>"
+    return (f"<h2 class=flag id=errors>Errors (errors.csv)</h2><p class='flag banner'>{head}</p>"
             "<table><thead><tr><th class=id>sample</th><th class=id>stage</th><th class=id>file</th>"
             f"<th class=id>error</th></tr></thead><tbody>{rows}</tbody></table>")
 

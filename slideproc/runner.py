@@ -91,6 +91,33 @@ def _run_summary(info: dict) -> dict:
             "model_sha256": model.get("sha256") if isinstance(model, dict) else None, "samples": counts}
 
 
+_CARRIED = "(an earlier run's failure"
+
+
+def _carried_errors(out_dir: Path, this_run: set[str], stored: dict | None) -> list[dict]:
+    """errors.csv rows of an earlier run for samples this run was not given and that the
+    store does not hold complete: kept, marked, so that a run over part of an archive does
+    not make an earlier failure vanish from errors.csv and the report. None for ``stored``
+    (``detect``: no store): nothing is carried, as a detect run has no record of success."""
+    from .store import tables
+
+    if stored is None:
+        return []
+    try:
+        old = tables.read_errors_csv(out_dir)
+    except (OSError, ValueError):
+        return []
+    run_id = (_earlier_runs(out_dir)[-1:] or [{}])[0].get("run_id", "?")
+    carried = []
+    for row in old:
+        if row["sample_id"] in this_run or row["sample_id"] in stored:
+            continue
+        if _CARRIED not in row["error"]:
+            row = {**row, "error": f"{row['error']} {_CARRIED} (run {run_id}); this run was not given the sample)"}
+        carried.append(row)
+    return carried
+
+
 def _earlier_runs(out_dir: Path) -> list:
     """The run history kept in OUT_DIR/run.json (empty when there is none or it is unreadable)."""
     import json
@@ -230,7 +257,7 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
                             progress=progress, local=not scheduler)
             results = engine.run()
         now_stored = zarr_store.completed_sample_attrs(out_dir) if model is not None and results else {}
-        stored_at_end = (now_stored or zarr_store.completed_sample_attrs(out_dir)) if model is not None else {}
+        stored_at_end = (now_stored or zarr_store.completed_sample_attrs(out_dir)) if model is not None else None
         for sid, result in results.items():
             if sid in work.redo:
                 result.redone_because = list(work.redo[sid])
@@ -262,8 +289,13 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
         # Said before the tables are written: on a full disk they may not be.
         for r in failures:
             print(f"slideproc: error: {r.sample_id}: {r.stage}: {r.error}", file=sys.stderr)
+        carried = _carried_errors(out_dir, {r.sample_id for r in results.values()}, stored_at_end)
+        if carried:
+            log.warning("%d earlier failure(s) of samples this run was not given stay in errors.csv (%s)",
+                        len(carried), ", ".join(sorted({r["sample_id"] for r in carried})))
         tables.write_errors_csv(out_dir, [
-            {"sample_id": r.sample_id, "path": r.path, "stage": r.stage, "error": r.error} for r in failures])
+            {"sample_id": r.sample_id, "path": r.path, "stage": r.stage, "error": r.error} for r in failures]
+            + carried)
         run_json = {
             "run_id": run_id,
             "command": "run" if model is not None else "detect",
@@ -285,7 +317,7 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
             # inputs): the report and tables hold them, so run.json names who made them.
             "earlier_samples": {sid: {"made_by": _provenance(attrs),
                                       "skipped_sources": list(attrs.get("skipped_sources") or [])}
-                                for sid, attrs in sorted(stored_at_end.items()) if sid not in results},
+                                for sid, attrs in sorted((stored_at_end or {}).items()) if sid not in results},
             # Files under the inputs that are in no sample, and each source's mpp
             # and where it came from (sources/mpp.py), as planned from headers.
             **plan_record(plan),

@@ -239,6 +239,11 @@ def test_one_file_in_two_samples_is_refused(tmp_path, real_slides):
     with pytest.raises(UsageError, match="is in two samples, 'A' and 'small'"):
         discover([manifest, tmp_path / "small.svs"])
     assert main(["plan", str(manifest), str(tmp_path / "small.svs")]) == 2
+    # a link to the file is the file
+    (tmp_path / "link.svs").symlink_to(tmp_path / "small.svs")
+    manifest.write_text("sample_id,path\nA,small.svs\nB,link.svs\n")
+    with pytest.raises(UsageError, match="is in two samples, 'A' and 'B'"):
+        discover([manifest])
 
 
 @pytest.mark.parametrize("good", ["A", "a.b-c_d", "0", "x" * 128])

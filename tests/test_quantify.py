@@ -270,3 +270,26 @@ def test_a_sample_of_one_or_no_nucleated_cell_gets_no_narrow_adjusted_figure():
     assert np.isnan(d.adjusted_percent).all() and np.isnan(d.adjusted_blast).all()
     assert d.adjustment_missing == "adjusted differential not computed: no nucleated cell counted"
     assert "not_adjusted" in d.flags and "blasts_high" not in d.flags
+
+
+def test_adjusted_me_without_any_myeloid_or_erythroid_share_is_undefined_not_infinite():
+    """Review: an adjusted mix with no myeloid and no erythroid share gave M:E (nan, inf, inf)
+    (the widening's exact interval of 0 of 0 is NaN, and NaN odds read as infinite). Now the
+    ratio and its interval are undefined (NaN), as the raw ratio of 0 : 0 is."""
+    cfg = ReportConfig(non_cell_classes=(), myeloid_classes=("BLA",), erythroid_classes=("EBO",), min_cells=1)
+    point = np.array([0.0, 0.0, 1.0])
+    reps = np.tile(point, (4, 1))
+    d = sample_differential("lymphoid", ["BLA", "EBO", "LYT"], [0, 1, 3], cfg,
+                            adjustment=Adjustment(point, reps, "pacc"))
+    assert np.isnan(d.adjusted_me).all()
+    # no adjusted erythroid share with M > 0: undefined too (it read (nan, 0.49, inf))
+    point = np.array([0.5, 0.0, 0.5])
+    d = sample_differential("no-e", ["BLA", "EBO", "LYT"], [2, 1, 2], cfg,
+                            adjustment=Adjustment(point, np.tile(point, (4, 1)), "pacc"))
+    assert np.isnan(d.adjusted_me).all()
+    # both present: the point inside its widened interval
+    point = np.array([0.3, 0.1, 0.6])
+    d = sample_differential("both", ["BLA", "EBO", "LYT"], [3, 1, 6], cfg,
+                            adjustment=Adjustment(point, np.tile(point, (4, 1)), "pacc"))
+    ratio, low, high = d.adjusted_me
+    assert ratio == pytest.approx(3.0) and low < ratio < high

@@ -171,7 +171,7 @@ def test_a_sample_missing_files_and_a_failed_sample_are_in_the_report_and_every_
     flags = pd.read_csv(out / "differential.csv").groupby("sample_id")["flags"].first()
     assert "files_not_read" in flags["partial"]
     page = (out / "report" / "index.html").read_text()
-    assert "1 sample(s) failed in the last run and are not in this report: unreadable." in page
+    assert "1 sample(s) failed and are not in this report: unreadable." in page
     assert "Archive (1 samples; 1 failed, above)" in page
     assert "bad.png (not read)" in page
     assert "1 of 2 files could not be read and are not counted: bad.png (" in page
@@ -187,6 +187,12 @@ def test_a_sample_missing_files_and_a_failed_sample_are_in_the_report_and_every_
                  "--model", str(tiny_model), "--out", str(out), "--workers", "1"]) == 0
     record = json.loads((out / "run.json").read_text())
     assert set(record["samples"]) == {"folder_001"}
+    # ... and the earlier failure of a sample it was not given stays named, marked as such
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors.sample_id) == ["unreadable"]
+    assert "(an earlier run's failure (run " in errors.error[0]
+    summary = pd.read_csv(out / "report" / "summary.csv", keep_default_na=False).set_index("sample_id")
+    assert summary.loc["unreadable", "status"] == "failed" and summary.loc["folder_001", "n_cells"] != ""
     assert record["earlier_samples"]["partial"]["made_by"]["run_id"] == first_id
     assert [s["source"] for s in record["earlier_samples"]["partial"]["skipped_sources"]] == ["bad.png"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, ModelPathError
 from .calibration import CALIBRATION_FILE, Calibration, read_calibrations
 
 log = logging.getLogger("slideproc.classify")
@@ -190,7 +190,7 @@ def load_model_dir(path: str | Path) -> LoadedModel:
     model_dir = Path(path)
     model_file = model_dir / MODEL_FILE
     if not model_dir.is_dir():
-        raise ModelError(f"model directory not found: {model_dir}")
+        raise ModelPathError(f"model directory not found: {model_dir}")
     if not model_file.is_file():
         raise ModelError(f"{model_file} is missing; point at a directory written by slideproc train")
     expected = _expected_digest(model_dir)

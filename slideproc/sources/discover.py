@@ -360,7 +360,7 @@ def discover(inputs: list[str | Path]) -> Discovery:
     owner: dict[tuple[str, int | None], str] = {}
     for sample in out.samples:
         for ref in sample.sources:
-            key = (ref.path, ref.page)
+            key = (os.path.realpath(ref.path), ref.page)  # a link to a file is that file
             other = owner.setdefault(key, sample.sample_id)
             if other != sample.sample_id:
                 raise UsageError(

@@ -127,7 +127,7 @@ def test_model_given_as_a_file_other_than_model_keras_says_which_folder(sample, 
     model = fake_model(tmp_path / "model")
     out = tmp_path / "out"
     proc = slideproc("run", sample, "--mpp", "0.25", "--model", model / "labels.json", "--out", out)
-    assert_one_line_error(proc, 1, f"--model {model / 'labels.json'} is a file",
+    assert_one_line_error(proc, 2, f"--model {model / 'labels.json'} is a file",
                           "give the folder that holds model.keras")
     assert not out.exists()
 
@@ -155,10 +155,15 @@ def test_sample_ids_pandas_would_misread_are_kept_as_text(fields, tmp_path):
 
     from slideproc.store.tables import read_table
 
+    import shutil
+
     rows = ["sample_id,path,mpp"]
-    for sid in AWKWARD_IDS:
+    for k, sid in enumerate(AWKWARD_IDS):  # a copy of the fields each: a file belongs to one sample
+        copy = tmp_path / f"fields{k}"
+        copy.mkdir()
         for png in sorted(fields.glob("*.png")):
-            rows.append(f"{sid},{png},0.25")
+            shutil.copy(png, copy / png.name)
+            rows.append(f"{sid},{copy / png.name},0.25")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
@@ -174,8 +179,8 @@ def test_sample_ids_pandas_would_misread_are_kept_as_text(fields, tmp_path):
     # The synthetic truth of these fields, once per awkward id, scored by slideproc's reader.
     truth = read_table(fields.parents[1] / "truth.csv")
     # ``source`` in the outputs is the manifest's path for a manifest row (README, Inputs).
-    truth["source"] = [str(fields / s) for s in truth["source"]]
-    truth = pd.concat([truth.assign(sample_id=sid) for sid in AWKWARD_IDS], ignore_index=True)
+    truth = pd.concat([truth.assign(sample_id=sid, source=[str(tmp_path / f"fields{k}" / s) for s in truth["source"]])
+                       for k, sid in enumerate(AWKWARD_IDS)], ignore_index=True)
     truth.to_csv(tmp_path / "truth.csv", index=False)
     scores = tmp_path / "scores.csv"
     proc = slideproc("score-detection", out, tmp_path / "truth.csv", "--mpp", "0.25", "--csv", scores)

@@ -216,3 +216,18 @@ def test_a_sample_the_last_run_could_not_redo_is_flagged_with_its_earlier_result
     page = (out / "report" / "index.html").read_text()
     assert "the last run could not redo this sample; these are an earlier run&#x27;s results:" in page
     assert "field_000.png" in page and "(last_run_failed)" in page
+
+
+def test_a_detect_runs_cells_table_left_in_out_dir_is_named(small_archive, tiny_model, tmp_path, capsys):
+    """Review: `run` into an OUT_DIR where `detect` had written cells/<id>.csv left that
+    file beside the run's tables without a word. It is kept (it may be the only copy) and
+    named in one warning."""
+    out = tmp_path / "out"
+    other = small_archive / "folders" / "folder_001"
+    assert main(["-q", "detect", str(other), "--mpp", "0.25", "--out", str(out), "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["-q", "run", str(small_archive / "folders" / "folder_000"), "--mpp", "0.25",
+                 "--model", str(tiny_model), "--out", str(out), "--workers", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "1 file(s) of no sample in results.zarr (folder_001.csv), left by an earlier `detect` run" in err
+    assert (out / "cells" / "folder_001.csv").exists()

@@ -28,6 +28,7 @@ and ``rebuild_tables`` (then ``report.write_report``) at the end of the run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -202,6 +203,15 @@ def rebuild_tables(out_dir: str | os.PathLike, *, errors: Iterable[Any] | None =
     samples = sorted(zarr_store.completed_samples(out_dir))
     for sample_id in samples:
         write_sample_csv(out_dir, sample_id)
+    # A cells CSV of no stored sample (a `detect` run's, into the same OUT_DIR) is not
+    # deleted (it may be the user's only copy) but named: it is in no differential.
+    cells_dir = out_dir / CELLS_DIR
+    stray = sorted(p.name for p in cells_dir.glob("*.csv") if p.stem not in set(samples)) if cells_dir.is_dir() else []
+    if stray:
+        logging.getLogger("slideproc.store").warning(
+            "%s: %d file(s) of no sample in results.zarr (%s), left by an earlier `detect` run: not in the "
+            "differential or the report; move them away, or choose another --out", cells_dir, len(stray),
+            ", ".join(stray[:5]) + (", ..." if len(stray) > 5 else ""))
     write_histograms_csv(out_dir)
     if errors is not None:
         write_errors_csv(out_dir, errors)

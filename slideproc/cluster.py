@@ -40,6 +40,9 @@ def open_client(scheduler: str | None, cfg: EngineConfig, workers: int | None = 
     from distributed import Client
 
     if scheduler:
+        if workers is not None:
+            log.warning("--workers %d is for the local cluster; with --scheduler the cluster's own workers run "
+                        "(start or stop them there)", workers)
         probe_scheduler(scheduler, cfg.connect_timeout_s)
         try:
             client = Client(scheduler, timeout=f"{cfg.connect_timeout_s}s")
@@ -66,7 +69,8 @@ def open_client(scheduler: str | None, cfg: EngineConfig, workers: int | None = 
 
 
 def _refused(address: str, timeout_s: float) -> str | None:
-    """Why a TCP ``address`` refuses connections at once, or None (also for other protocols).
+    """Why a TCP ``address`` refuses connections at once (or its host name does not resolve),
+    or None (also for other protocols).
 
     distributed's connect retries a refused port with back-off until its deadline,
     so a closed port would read as "did not answer"; one plain socket tells the two apart.
@@ -86,6 +90,8 @@ def _refused(address: str, timeout_s: float) -> str | None:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except ConnectionRefusedError as err:
         return err.strerror or "connection refused"
+    except socket.gaierror as err:  # a host name that does not resolve: said now, not after the deadline
+        return f"the host name {host!r} does not resolve: {err.strerror or err}"
     except OSError:
         return None  # unreachable host, DNS, timeout: distributed's connect says it in its own words
     return None
@@ -193,6 +199,37 @@ def has_gpu_workers(client) -> bool:
     return any(res.get(GPU, 0) > 0 for res in worker_summary(client).values())
 
 
+def _code_sha256_fn():
+    """A function (sent by value, like the check) giving the sha256 of a slideproc package
+    folder's code: every .py and .yaml file under it, relative path and bytes, in sorted
+    order (caches, compiled files and tests are not part of it)."""
+
+    def code_sha256(root: str) -> str:
+        import hashlib
+        import os
+
+        digest = hashlib.sha256()
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+            for name in sorted(files):
+                if name.endswith((".py", ".yaml")):
+                    path = os.path.join(folder, name)
+                    digest.update(os.path.relpath(path, root).replace(os.sep, "/").encode())
+                    with open(path, "rb") as fh:
+                        digest.update(hashlib.sha256(fh.read()).digest())
+        return digest.hexdigest()
+
+    return code_sha256
+
+
+def code_sha256() -> str:
+    """sha256 of this process's slideproc code (see _code_sha256_fn); recorded in run.json
+    and compared with every worker's by the start-up check."""
+    import slideproc
+
+    return _code_sha256_fn()(os.path.dirname(slideproc.__file__))
+
+
 def _worker_check():
     """The start-up check, as a function that travels by value.
 
@@ -201,7 +238,8 @@ def _worker_check():
     still runs it and says why, instead of failing to unpickle it.
     """
 
-    def check(version: str, model_file: str | None, import_backend: bool = True) -> list[str]:
+    def check(version: str, model_file: str | None, import_backend: bool = True,
+              code_sha256: str | None = None, digest=None) -> list[str]:
         import importlib
         import os
 
@@ -213,6 +251,14 @@ def _worker_check():
         have = getattr(mod, "__version__", "?")
         if have != version:
             problems.append(f"runs slideproc {have}, this run is slideproc {version} (install the same version)")
+        elif code_sha256 is not None and digest is not None:
+            # The version string does not change with every commit: a worker on older code
+            # of the same version would silently count differently (a review saw it).
+            theirs = digest(os.path.dirname(mod.__file__))
+            if theirs != code_sha256:
+                problems.append(f"runs other slideproc code than this run (code sha256 {theirs[:12]}... != "
+                                f"{code_sha256[:12]}..., version {have} on both): install this checkout's "
+                                "slideproc there and restart the worker")
         if model_file is not None and import_backend:
             backend = os.environ.get("KERAS_BACKEND", "tensorflow")
             try:
@@ -250,13 +296,14 @@ def check_workers(client, model_file: str | None, import_backend: bool = True) -
     others = [a for a in summary if a not in classifiers]
     names = _worker_names(client)
     check = _worker_check()
+    code = code_sha256()
     found: dict = {}
     for addrs, model in ((classifiers, model_file), (others, None)):
         if not addrs:
             continue
         try:
-            found.update(client.run(check, __version__, model, import_backend, workers=addrs,
-                                    on_error="return"))
+            found.update(client.run(check, __version__, model, import_backend, code, _code_sha256_fn(),
+                                    workers=addrs, on_error="return"))
         except (TimeoutError, OSError) as err:
             raise _Usage(f"the Dask workers did not answer slideproc's start-up check ({err})") from None
     bad = []

@@ -272,7 +272,7 @@ class Engine:
             for i, ref in enumerate(spec.sources):
                 self._submit(state, "plan", plan_task, ref, self.cfg, source=i)
         self._fill()
-        watch = _WorkerWatch(self.client, self.cfg.engine.no_worker_timeout_s)
+        watch = _WorkerWatch(self.client, self.cfg.engine.no_worker_timeout_s, gpu=self.gpu)
         while True:
             fut = self._next(watch)
             if fut is None:
@@ -623,9 +623,13 @@ class _WorkerWatch:
     scheduler is asked at most every 2 s.
     """
 
-    def __init__(self, client, timeout_s: float):
+    def __init__(self, client, timeout_s: float, gpu: bool = False):
         self.client = client
         self.timeout_s = timeout_s
+        # Classification tasks that need the GPU resource wait for a worker offering it:
+        # with none left they wait for ever however many CPU workers remain (a review
+        # killed the only GPU=1 worker: the run hung), so only such workers count.
+        self.gpu = gpu
         self.since: float | None = None
         self.checked = 0.0
         self.reason = ""
@@ -636,18 +640,22 @@ class _WorkerWatch:
             return bool(self.reason)
         self.checked = now
         try:
-            n = len(worker_summary(self.client))
+            n = sum(1 for res in worker_summary(self.client).values() if not self.gpu or res.get(GPU, 0) > 0)
         except Exception:  # noqa: BLE001 - a scheduler that does not answer has no worker for us either
             n = 0
         if n:
             self.since = None
             return False
+        which = f"Dask worker with the {GPU} resource" if self.gpu else "Dask worker"
         if self.since is None:
             self.since = now
-            log.warning("no Dask worker left; waiting up to %.0f s (engine.no_worker_timeout_s) for one",
+            log.warning("no %s left; waiting up to %.0f s (engine.no_worker_timeout_s) for one", which,
                         self.timeout_s)
         if now - self.since >= self.timeout_s:
-            self.reason = (f"no Dask worker was left for {self.timeout_s:g} s (engine.no_worker_timeout_s), so "
-                           "this sample could not finish; see the workers' logs (a worker that cannot import "
+            self.reason = (f"no {which} was left for {self.timeout_s:g} s (engine.no_worker_timeout_s), so "
+                           "this sample could not finish"
+                           + (f" (its cells are classified only on workers offering {GPU}; start one, or run "
+                              "without GPU workers)" if self.gpu else "")
+                           + "; see the workers' logs (a worker that cannot import "
                            "slideproc, or runs out of memory, dies on its first task), then run again")
         return bool(self.reason)

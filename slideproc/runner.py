@@ -29,7 +29,10 @@ log = logging.getLogger("slideproc.run")
 
 
 def _versions() -> dict:
-    out = {"slideproc": __version__, "python": platform.python_version()}
+    from .cluster import code_sha256
+
+    # the code, not only the version string (which does not change with every commit)
+    out = {"slideproc": __version__, "slideproc_code_sha256": code_sha256(), "python": platform.python_version()}
     for dist in ("tensorflow", "tensorflow-cpu", "keras", "jax", "dask", "distributed", "zarr",
                  "openslide-python", "openslide-bin", "scikit-image", "numpy", "pandas"):
         try:

@@ -141,6 +141,64 @@ def test_all_workers_lost_mid_run_fails_the_rest_instead_of_waiting(small_archiv
     assert waited < 120, waited
 
 
+def test_a_worker_on_other_code_of_the_same_version_is_named_before_any_work(fields, tmp_path):
+    """Review: the start-up check compared only slideproc.__version__, which does not change
+    with every commit; a worker on older code passed it and silently changed the counts.
+    Now it compares the code's sha256: a worker whose slideproc differs by one line is named,
+    exit 2, nothing written."""
+    import shutil
+
+    import slideproc as package  # `slideproc` here is the CLI helper
+
+    other = tmp_path / "other"
+    shutil.copytree(Path(package.__file__).parent, other / "slideproc",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "slideproc" / "differential.py", "a", encoding="utf-8") as fh:
+        fh.write("\n# an older or newer line\n")
+    path = os.pathsep.join(p for p in (str(other), os.environ.get("PYTHONPATH", "")) if p)
+    tiny_model = fake_model(tmp_path / "model")
+    out = tmp_path / "out"
+    with cluster(tmp_path) as c:
+        c.worker("other-code-node", {"PYTHONPATH": path})
+        c.worker("same-code-node")
+        c.wait_for_workers(2)
+        proc = slideproc("run", fields, "--model", tiny_model, "--out", out, "--mpp", "0.25",
+                         "--scheduler", c.address, timeout=300)
+    line = assert_one_line_error(proc, 2, "these Dask workers cannot run this run")
+    assert "worker other-code-node (" in line and "runs other slideproc code than this run" in line
+    assert "same-code-node" not in line
+    assert not out.exists()
+
+
+def test_losing_the_only_gpu_worker_fails_the_rest_instead_of_waiting(small_archive, tiny_model, tmp_path):
+    """Review: with the only GPU=1 worker killed and a CPU worker left, the classification
+    tasks waited for ever for the resource (the watch counted any worker). Now only workers
+    offering it count, and the unfinished samples fail after engine.no_worker_timeout_s."""
+    cfg = tmp_path / "watch.yaml"
+    cfg.write_text("engine:\n  no_worker_timeout_s: 5\n", encoding="utf-8")
+    out = tmp_path / "out"
+    with cluster(tmp_path) as c:
+        c.worker("cpu-node")
+        c.worker("gpu-node", None, "--resources", "GPU=1")
+        c.wait_for_workers(2)
+        run = subprocess.Popen([SLIDEPROC, "-q", "run", *archive_inputs(small_archive), "--model", str(tiny_model),
+                                "--out", str(out), "--scheduler", c.address, "--config", str(cfg)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        deadline = time.time() + 300
+        while time.time() < deadline and run.poll() is None and not (out / "results.zarr").exists():
+            time.sleep(0.2)
+        assert run.poll() is None, run.communicate()
+        c.kill("gpu-node")
+        stdout, stderr = run.communicate(timeout=240)
+    assert run.returncode == 1, stderr
+    errors = read_errors(out)
+    from slideproc.store import zarr_store
+
+    done = zarr_store.completed_samples(out)
+    assert len(errors) >= 1 and len(done) + len(errors) == 4, (done, errors)
+    assert errors.error.str.contains("no Dask worker with the GPU resource was left for 5 s").all()
+
+
 def test_a_task_that_kills_its_worker_names_the_file_and_the_memory_setting(tmp_path):
     """A 16000 x 16000 PNG field (768 MB decoded; PNG has no tiles, so it is decoded whole)
     with 700 MB per worker: the nanny kills the worker (engine.retries 0: no second try), and
@@ -170,3 +228,15 @@ def test_a_task_that_kills_its_worker_names_the_file_and_the_memory_setting(tmp_
     assert str(folder / "field.png") in message, message
     assert "engine.memory_limit (now 700MB" in message and "out of memory" in message
     assert "huge: detect: the Dask worker reading" in proc.stderr
+
+
+def test_a_scheduler_host_that_does_not_resolve_is_said_at_once(fields, tmp_path):
+    """Review: an unknown host waited out the 30 s deadline, then said "Timed out trying
+    to connect". Now the name that does not resolve is said at once, exit 2."""
+    out = tmp_path / "out"
+    start = time.monotonic()
+    proc = slideproc("run", fields, "--model", fake_model(tmp_path / "model"), "--out", out, "--mpp", "0.25",
+                     "--scheduler", "tcp://nosuchhost.invalid:8786", timeout=300)
+    assert_one_line_error(proc, 2, "the host name 'nosuchhost.invalid' does not resolve")
+    assert time.monotonic() - start < 25
+    assert not out.exists()

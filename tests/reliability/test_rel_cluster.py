@@ -110,26 +110,33 @@ def test_workers_that_cannot_run_slideproc_are_named_before_any_work(fields, tmp
     assert not out.exists()
 
 
-def test_all_workers_lost_mid_run_fails_the_rest_instead_of_waiting(small_archive, tiny_model, tmp_path):
+def _run_then_kill(c, small_archive, tiny_model, tmp_path, victim: str):
+    """Start `slideproc run` on the cluster with engine.no_worker_timeout_s 5, kill worker
+    ``victim`` (and its nanny: nothing restarts it) once the run has begun writing; returns
+    (exit status, stderr, seconds from the kill to the end, OUT_DIR)."""
     cfg = tmp_path / "watch.yaml"
     cfg.write_text("engine:\n  no_worker_timeout_s: 5\n", encoding="utf-8")
     out = tmp_path / "out"
+    run = subprocess.Popen([SLIDEPROC, "-q", "run", *archive_inputs(small_archive), "--model", str(tiny_model),
+                            "--out", str(out), "--scheduler", c.address, "--config", str(cfg)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and run.poll() is None and not (out / "results.zarr").exists():
+        time.sleep(0.2)
+    assert run.poll() is None, run.communicate()
+    c.kill(victim)
+    killed = time.monotonic()
+    # Before the fix: the run waited for a worker for ever (killed here by the timeout).
+    _stdout, stderr = run.communicate(timeout=240)
+    return run.returncode, stderr, time.monotonic() - killed, out
+
+
+def test_all_workers_lost_mid_run_fails_the_rest_instead_of_waiting(small_archive, tiny_model, tmp_path):
     with cluster(tmp_path) as c:
         c.worker("only-worker")
         c.wait_for_workers(1)
-        run = subprocess.Popen([SLIDEPROC, "-q", "run", *archive_inputs(small_archive), "--model", str(tiny_model),
-                                "--out", str(out), "--scheduler", c.address, "--config", str(cfg)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-        deadline = time.time() + 300
-        while time.time() < deadline and run.poll() is None and not (out / "results.zarr").exists():
-            time.sleep(0.2)
-        assert run.poll() is None, run.communicate()
-        c.kill("only-worker")  # the worker and its nanny: nothing restarts it
-        killed = time.monotonic()
-        # Before the fix: the run waited for a worker for ever (killed here by the timeout).
-        stdout, stderr = run.communicate(timeout=240)
-        waited = time.monotonic() - killed
-    assert run.returncode == 1, stderr
+        returncode, stderr, waited, out = _run_then_kill(c, small_archive, tiny_model, tmp_path, "only-worker")
+    assert returncode == 1, stderr
     assert_clean_stderr(stderr)
     errors = read_errors(out)
     from slideproc.store import zarr_store
@@ -174,23 +181,13 @@ def test_losing_the_only_gpu_worker_fails_the_rest_instead_of_waiting(small_arch
     """Review: with the only GPU=1 worker killed and a CPU worker left, the classification
     tasks waited for ever for the resource (the watch counted any worker). Now only workers
     offering it count, and the unfinished samples fail after engine.no_worker_timeout_s."""
-    cfg = tmp_path / "watch.yaml"
-    cfg.write_text("engine:\n  no_worker_timeout_s: 5\n", encoding="utf-8")
-    out = tmp_path / "out"
     with cluster(tmp_path) as c:
         c.worker("cpu-node")
         c.worker("gpu-node", None, "--resources", "GPU=1")
         c.wait_for_workers(2)
-        run = subprocess.Popen([SLIDEPROC, "-q", "run", *archive_inputs(small_archive), "--model", str(tiny_model),
-                                "--out", str(out), "--scheduler", c.address, "--config", str(cfg)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-        deadline = time.time() + 300
-        while time.time() < deadline and run.poll() is None and not (out / "results.zarr").exists():
-            time.sleep(0.2)
-        assert run.poll() is None, run.communicate()
-        c.kill("gpu-node")
-        stdout, stderr = run.communicate(timeout=240)
-    assert run.returncode == 1, stderr
+        returncode, stderr, waited, out = _run_then_kill(c, small_archive, tiny_model, tmp_path, "gpu-node")
+    assert returncode == 1, stderr
+    assert waited < 120, waited
     errors = read_errors(out)
     from slideproc.store import zarr_store
 

@@ -209,7 +209,9 @@ def _code_sha256_fn():
         import os
 
         digest = hashlib.sha256()
-        for folder, dirs, files in sorted(os.walk(root)):
+        # followlinks: a checkout's slideproc/configs is a link to ../configs, which a wheel
+        # holds as a folder; both must give the same digest
+        for folder, dirs, files in sorted(os.walk(root, followlinks=True)):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
             for name in sorted(files):
                 if name.endswith((".py", ".yaml")):

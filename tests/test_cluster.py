@@ -127,3 +127,22 @@ def test_workers_keep_glibc_malloc_defaults(cluster):
         assert set(client.run(_trim_setting).values()) == {None}
     with Client(cluster[0], timeout="60s") as client:
         assert set(client.run(_trim_setting).values()) == {None}
+
+
+def test_code_digest_is_the_same_for_a_checkout_and_an_installed_copy(tmp_path):
+    """The start-up check compares code sha256s: a checkout (whose slideproc/configs is a
+    link to ../configs) and an installed copy of the same code (a wheel holds configs as a
+    folder) must agree, and one changed line must not."""
+    import shutil
+
+    import slideproc as package
+    from slideproc.cluster import _code_sha256_fn, code_sha256
+
+    copy = tmp_path / "site-packages" / "slideproc"
+    shutil.copytree(Path(package.__file__).parent, copy, symlinks=False,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    assert not (copy / "configs").is_symlink() and (copy / "configs" / "default.yaml").is_file()
+    assert _code_sha256_fn()(str(copy)) == code_sha256()
+    with open(copy / "configs" / "default.yaml", "a", encoding="utf-8") as fh:
+        fh.write("\n")
+    assert _code_sha256_fn()(str(copy)) != code_sha256()

@@ -8,6 +8,7 @@ as its operator started it (see workers/README.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -224,9 +225,11 @@ def _code_sha256_fn():
     return code_sha256
 
 
+@functools.cache
 def code_sha256() -> str:
     """sha256 of this process's slideproc code (see _code_sha256_fn); recorded in run.json
-    and compared with every worker's by the start-up check."""
+    and compared with every worker's by the start-up check. Computed once per process: the
+    code a process imported does not change under it."""
     import slideproc
 
     return _code_sha256_fn()(os.path.dirname(slideproc.__file__))

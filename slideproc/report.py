@@ -195,17 +195,13 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
     # The last run's errors: samples it could not complete are named in the report and
     # summary.csv, not only in errors.csv (a patient missing from the morning's table is
     # the failure a reader cannot see).
-    reported = {d.sample_id for d in diffs}
-    failed: dict[str, str] = {}
-    for row in errors:
-        if row["sample_id"] not in reported:
-            failed[row["sample_id"]] = "; ".join(x for x in (failed.get(row["sample_id"]), row["error"]) if x)
+    failed = failed_samples(errors, {d.sample_id for d in diffs})
     atomic_write_text(report_dir / "summary.csv",
                       dif.summary_table(diffs, failed).to_csv(index=False, lineterminator="\n"))
     review_all = (pd.concat(review_frames, ignore_index=True) if review_frames
                   else pd.DataFrame(columns=NEEDS_REVIEW_COLUMNS))
     atomic_write_text(report_dir / "needs_review.csv", review_all.to_csv(index=False, lineterminator="\n"))
-    page = render_html(root_attrs, cfg, sections, card=card, errors=errors)
+    page = render_html(root_attrs, cfg, sections, card=card, errors=errors, failed=failed)
     return atomic_write_text(report_dir / "index.html", page)
 
 
@@ -311,16 +307,27 @@ def _model_line(root_attrs: dict, card: model_card.ModelCard | None, cfg: Report
     return "<p class=model>" + "; ".join(parts) + ".</p>"
 
 
-def _errors_block(errors: list[dict], reported: set[str]) -> str:
+def failed_samples(errors: list[dict], reported: set[str]) -> dict[str, str]:
+    """{sample_id: its errors joined by '; '} for the errors.csv rows of samples not in
+    ``reported`` (the samples the store holds): the samples that failed and have no figures."""
+    failed: dict[str, str] = {}
+    for row in errors:
+        if row["sample_id"] not in reported:
+            failed[row["sample_id"]] = "; ".join(x for x in (failed.get(row["sample_id"]), row["error"]) if x)
+    return failed
+
+
+def _errors_block(errors: list[dict], failed: dict[str, str]) -> str:
     """The last run's errors (errors.csv), above the archive: which samples are missing from
-    this report and why, and which files of reported samples were not read."""
+    this report and why (``failed``, from failed_samples), and which files of reported
+    samples were not read."""
     if not errors:
         return ""
     e = html.escape
-    missing = sorted({r["sample_id"] for r in errors} - reported)
+    missing = sorted(failed)
     head = (f"{len(missing)} sample(s) failed and are not in this report: "
             f"{e(', '.join(missing))}. " if missing else "")
-    if set(r["sample_id"] for r in errors) & reported:
+    if any(r["sample_id"] not in failed for r in errors):
         head += ("The other samples named here are in the report, flagged: complete without the files named "
                  "(files_not_read), or with an earlier run's results that the last run could not redo "
                  "(last_run_failed).")
@@ -333,9 +340,10 @@ def _errors_block(errors: list[dict], reported: set[str]) -> str:
 
 
 def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.ModelCard | None = None,
-                errors: list[dict] | None = None) -> str:
+                errors: list[dict] | None = None, failed: dict[str, str] | None = None) -> str:
     """The report page; ``sections``: [(SampleDifferential, sample attrs, {kind: png bytes})];
-    ``errors``: errors.csv's rows (the last run's failures), listed above the archive."""
+    ``errors``: errors.csv's rows (the last run's failures), listed above the archive;
+    ``failed``: failed_samples(errors, samples in sections), worked out here when not given."""
     e = html.escape
     head = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -396,10 +404,12 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
             f"<td>{me}</td><td>{review}</td><td class='id flag'>{e(flags)}</td></tr>"
         )
     adj_head = "<th>blast % adjusted (95 % interval)</th>" if adjusted_any else ""
-    reported = {d.sample_id for d, _a, _p in sections}
-    n_failed = len({r["sample_id"] for r in errors or ()} - reported)
+    errors = list(errors or ())
+    if failed is None:
+        failed = failed_samples(errors, {d.sample_id for d, _a, _p in sections})
+    n_failed = len(failed)
     archive = (
-        _errors_block(list(errors or ()), reported) +
+        _errors_block(errors, failed) +
         f"<h2>Archive ({len(sections)} samples"
         + (f"; {n_failed} failed, above" if n_failed else "") + ")</h2>"
         "<table id=archive><thead><tr><th class=id>sample</th><th>cells counted</th><th>nucleated cells</th>"

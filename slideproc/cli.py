@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time views averaged per crop (overrides the config's classify.tta_views)")
     s.add_argument("--characterise", action="store_true",
                    help="then make DATA_DIR's crops the model's record of its errors for the adjusted differential "
-                        "(MODEL_DIR/validation_predictions.csv and model_card.json; training's kept as *.train.*): "
+                        "(MODEL_DIR/validation_predictions.csv, model_card.json and feature_record.npz; training's kept as *.train.*): "
                         "labelled crops from your own slides, every class, that the model did not train on")
     s.set_defaults(func=_cmd_evaluate)
 

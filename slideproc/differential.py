@@ -68,8 +68,11 @@ FLAG_MODEL_POOR = "model_poor"
 FLAG_NOT_ADJUSTED = "not_adjusted"
 FLAG_FILES_NOT_READ = "files_not_read"
 FLAG_LAST_RUN_FAILED = "last_run_failed"
+# The sample's cells look unlike the crops the model was characterised on
+# (classify/record_check.py): its shares and intervals do not hold.
+FLAG_UNLIKE_RECORD = "unlike_record"
 FLAGS = (FLAG_LOW_COUNT, FLAG_BLASTS, FLAG_BLASTS_BORDERLINE, FLAG_NO_ERYTHROID, FLAG_REVIEW, FLAG_MODEL_POOR,
-         FLAG_NOT_ADJUSTED, FLAG_FILES_NOT_READ, FLAG_LAST_RUN_FAILED)
+         FLAG_NOT_ADJUSTED, FLAG_FILES_NOT_READ, FLAG_LAST_RUN_FAILED, FLAG_UNLIKE_RECORD)
 COLUMNS = ["sample_id", "class", "count", "percent", "ci_low", "ci_high", "adjusted_percent", "adjusted_ci_low",
            "adjusted_ci_high", "flags"]
 
@@ -165,6 +168,20 @@ class SampleDifferential:
     # One line when the last run failed to redo this sample: these figures are an
     # earlier run's (errors.csv says why; "" otherwise).
     last_run_error: str = ""
+    # (cells checked, cells beyond the model's record) from the sample attrs'
+    # ``record_check`` (classify/record_check.py); () when not checked (the model has
+    # no feature record).
+    record_check: tuple = ()
+
+    @property
+    def beyond_record_share(self) -> tuple[float, float, bool]:
+        """(share of cells beyond the model's record, lower end of its exact 95 % interval,
+        flagged); NaNs and False when not checked."""
+        from .classify.record_check import shift_verdict
+
+        if not self.record_check:
+            return math.nan, math.nan, False
+        return shift_verdict(self.record_check[1], self.record_check[0])
 
     @property
     def adjusted(self) -> bool:
@@ -263,7 +280,8 @@ def _adjusted_figures(adj: Adjustment, class_names, nucleated, config, erythroid
 def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequence[int], config,
                         needs_review: int = 0, *, adjustment: Adjustment | None = None,
                         adjustment_missing: str = "", model_poor: str = "", skipped_sources=(),
-                        n_sources: int = 0, last_run_error: str = "") -> SampleDifferential:
+                        n_sources: int = 0, last_run_error: str = "",
+                        record_check: dict | None = None) -> SampleDifferential:
     """The differential of one sample from its per-class counts (``config``: a ReportConfig).
 
     ``adjustment``: the sample's adjusted shares (quantify.py), or None with
@@ -273,6 +291,9 @@ def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequ
     (flagged ``files_not_read``: the differential counts the other files only).
     ``last_run_error``: why the last run could not redo the sample, whose stored figures
     are then an earlier run's (flagged ``last_run_failed``).
+    ``record_check``: the sample attrs' ``{"cells": n, "beyond": k}`` (classify/record_check.py;
+    flagged ``unlike_record`` when clearly more than the expected 5 % of cells lie beyond
+    the model's record), None when not checked.
     Group members the model does not have are ignored; a blast class it does
     not have gives a NaN blast percent.
     """
@@ -318,13 +339,17 @@ def sample_differential(sample_id: str, class_names: Sequence[str], counts: Sequ
         blasts=int(blasts), blast_percent=blast_percent, blast_low=blast_low, blast_high=blast_high,
         needs_review=int(needs_review), flags=(), adjustment_missing=adjustment_missing, model_poor=model_poor,
         skipped_sources=tuple(dict(x) for x in skipped_sources or ()), n_sources=int(n_sources),
-        last_run_error=str(last_run_error or ""), **extra,
+        last_run_error=str(last_run_error or ""),
+        record_check=(int(record_check["cells"]), int(record_check["beyond"])) if record_check else (), **extra,
     )
     return dataclasses.replace(diff, flags=_flags(diff, config))
 
 
 def _flags(diff: SampleDifferential, config) -> tuple[str, ...]:
     flags = []
+    # First: when the cells are unlike the record, every figure below it is in doubt.
+    if diff.beyond_record_share[2]:
+        flags.append(FLAG_UNLIKE_RECORD)
     # Flagged, never hidden: a short count is still reported, with wide intervals.
     if diff.n_nucleated < config.min_cells:
         flags.append(FLAG_LOW_COUNT)
@@ -394,6 +419,15 @@ def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
                 "replace them and re-run with --no-resume")
     if flag == FLAG_LAST_RUN_FAILED:
         return f"the last run could not redo this sample; these are an earlier run's results: {diff.last_run_error}"
+    if flag == FLAG_UNLIKE_RECORD:
+        share, low, _ = diff.beyond_record_share
+        n, k = diff.record_check
+        return (f"cells unlike the model's record: {k} of {n} cells ({100 * share:.0f} %, at least {100 * low:.0f} % "
+                f"at 95 % confidence; 5-13 % for cells like the record's) look unlike the crops the model was "
+                f"characterised on (another stain, scanner or preparation, or cells the record holds few of): "
+                f"its class shares and intervals are not supported for this sample, and its other flags still "
+                f"apply. Review the cells (results.zarr cells/beyond_record); characterise the model on this "
+                f"lab's labelled crops (slideproc evaluate --characterise) or retrain on them")
     return flag
 
 
@@ -447,7 +481,8 @@ def summary_table(diffs: Sequence[SampleDifferential], failed: dict[str, str] | 
             "adjusted_blast_ci_high": d.adjusted_blast[2],
             "me_ratio": d.me_ratio, "me_ci_low": d.me_low, "me_ci_high": d.me_high,
             "adjusted_me_ratio": d.adjusted_me[0],
-            "needs_review": d.needs_review, "needs_review_percent": d.review_percent, "flags": ";".join(d.flags),
+            "needs_review": d.needs_review, "needs_review_percent": d.review_percent,
+            "beyond_record_percent": 100 * d.beyond_record_share[0], "flags": ";".join(d.flags),
             # a sample the last run could not redo shows an earlier run's figures: said here too
             "status": "last_run_failed" if d.last_run_error else "complete", "error": d.last_run_error,
         }
@@ -457,7 +492,8 @@ def summary_table(diffs: Sequence[SampleDifferential], failed: dict[str, str] | 
     table = pd.DataFrame(rows, columns=["sample_id", "n_cells", "n_nucleated", "blast_percent", "blast_ci_low",
                                        "blast_ci_high", "adjusted_blast_percent", "adjusted_blast_ci_low",
                                        "adjusted_blast_ci_high", "me_ratio", "me_ci_low", "me_ci_high",
-                                       "adjusted_me_ratio", "needs_review", "needs_review_percent", "flags",
+                                       "adjusted_me_ratio", "needs_review", "needs_review_percent",
+                                       "beyond_record_percent", "flags",
                                        "status", "error"])
     # counts stay whole numbers beside a failed sample's empty cells (pandas' nullable integers)
     return table.astype({"n_cells": "Int64", "n_nucleated": "Int64", "needs_review": "Int64"})

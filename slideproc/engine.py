@@ -54,9 +54,14 @@ class ModelInfo:
     labels: tuple[str, ...]
     sha256: str
     input_size_px: int
-    # sha256 of labels.json (label order, temperature) and calibration.json: part
-    # of what a stored sample was made with (resume.py).
+    # sha256 of labels.json (label order, temperature), calibration.json and
+    # feature_record.npz: part of what a stored sample was made with (resume.py).
     labels_sha256: str | None = None
+    # MODEL_DIR/feature_record.npz exists: classify tasks say which cells lie beyond the
+    # model's record (classify/record_check.py)
+    has_feature_record: bool = False
+    # its file's sha256: every classify task checks its worker reads the same one
+    feature_record_sha256: str | None = None
 
 
 @dataclass
@@ -91,6 +96,9 @@ class _Sample:
     batches: list = field(default_factory=list)  # DataFrames, in order
     probabilities: dict = field(default_factory=dict)  # batch index -> array
     crops: dict = field(default_factory=dict)  # batch index -> crops (save_crops)
+    beyond: dict = field(default_factory=dict)  # batch index -> bool array beyond the record, or None
+    # bool (n_cells,) concatenated in _finish; None when the model has no feature record
+    beyond_record: np.ndarray | None = None
     futures: set = field(default_factory=set)
     crop_px: int = 0
     failed: tuple[str, str] | None = None
@@ -149,9 +157,22 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
     side = hashlib.sha256((model_dir / LABELS_FILE).read_bytes())
     if (model_dir / "calibration.json").is_file():
         side.update(b"\0" + (model_dir / "calibration.json").read_bytes())
+    from .classify.record_check import read_feature_record
+
+    model_sha = _expected_digest(model_dir)
+    try:
+        # Refused here, before OUT_DIR is touched, not on every worker.
+        record = read_feature_record(model_dir, len(info["labels"]), model_sha256=model_sha)
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+    if record is not None:
+        # The record decides the unlike_record flag: a store's samples are never checked
+        # against two records (resume.py compares this digest).
+        side.update(b"\0record\0" + record.sha256.encode())
     labels_sha = side.hexdigest()
-    return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), _expected_digest(model_dir), size,
-                     labels_sha256=labels_sha)
+    return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), model_sha, size,
+                     labels_sha256=labels_sha, has_feature_record=record is not None,
+                     feature_record_sha256=record.sha256 if record is not None else None)
 
 
 def _archive_shape(model_file: Path) -> tuple[int | None, int | None]:
@@ -492,7 +513,8 @@ class Engine:
             self.batches_in_flight += 1
             self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, parts,
                          self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,
-                         self.cfg.classify.tta_views, resources=resources, batch=index)
+                         self.cfg.classify.tta_views, self.model.feature_record_sha256, resources=resources,
+                         batch=index)
             return
         crop_futs = []
         for src, group in part.groupby("_source_index", sort=True):
@@ -504,13 +526,15 @@ class Engine:
         self.batches_in_flight += 1
         self._submit(state, "classify", classify_task, self.model.path, self.model.sha256, crop_futs,
                      self.cfg.classify.batch_size, self.cfg.classify.mixed_precision, self.save_crops,
-                     self.cfg.classify.tta_views, resources=resources, batch=index)
+                     self.cfg.classify.tta_views, self.model.feature_record_sha256, resources=resources,
+                     batch=index)
 
     def _on_crop(self, state: _Sample, crops, batch: int) -> None:
         pass  # crop bytes are counted where they arrive, in the classify task
 
     def _on_classify(self, state: _Sample, value: dict, batch: int) -> None:
         state.probabilities[batch] = value["probabilities"]
+        state.beyond[batch] = value.get("beyond_record")
         state.workers.add(value["worker"])
         state.crop_bytes += value["bytes_in"]
         if self.save_crops:
@@ -544,6 +568,13 @@ class Engine:
             n_classes = len(self.model.labels)
             parts = [state.probabilities[i] for i in range(len(state.batches))]
             probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
+            checks = [state.beyond.get(i) for i in range(len(state.batches))]
+            if self.model.has_feature_record:
+                if all(c is not None for c in checks):
+                    state.beyond_record = np.concatenate(checks) if checks else np.zeros(0, bool)
+                else:  # classify_task refuses a worker without the record: not expected
+                    log.warning("%s: some batches came back without the record check; the sample is not "
+                                "checked", state.spec.sample_id)
             if self.save_crops:
                 parts = [state.crops[i] for i in range(len(state.batches))]
                 px = self.model.input_size_px

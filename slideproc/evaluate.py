@@ -16,7 +16,9 @@ record for the adjusted differential (model_card.recharacterise): a lab's own la
 crops describe the model's errors on its slides better, and with more crops per class
 than the validation split's ~60 the adjusted shares' error shrinks (BENCHMARKS.md). The
 differential.csv written here still uses the record the model had before, so it is an
-out-of-sample check of that record.
+out-of-sample check of that record. The record check (classify/record_check.py) is refitted
+on the same crops; metrics.json's ``record_check`` says how many of DATA_DIR's crops lie
+beyond the model's record as it was (about 5 % for crops like its validation crops).
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
+from .classify.calibration import calibrate
 from .classify.loading import load_model_dir
 from .classify.predict import get_predictor
+from .classify.record_check import shift_verdict
 from .datasets import load_eval_set
 from .errors import UsageError
 from .metrics import classification_metrics
@@ -107,8 +112,9 @@ def plot_reliability(path: Path, reliability: dict, ece: float, title: str) -> N
 
 
 def write_differential(path: Path, model_dir: Path, sample_id: str, y_true, probs: np.ndarray, labels,
-                       cfg=None, tta_views: int = 1):
-    """differential.csv of the crops as one sample, with ``true_percent``; returns the DataFrame."""
+                       cfg=None, tta_views: int = 1, record_check: dict | None = None):
+    """differential.csv of the crops as one sample, with ``true_percent``; returns the DataFrame.
+    ``record_check``: ``{"cells": n, "beyond": k}`` of the crops (classify/record_check.py), or None."""
     import math
 
     from . import differential as dif
@@ -129,7 +135,8 @@ def write_differential(path: Path, model_dir: Path, sample_id: str, y_true, prob
         adjustment = dif.Adjustment(point, reps, cfg.adjustment)
     diff = dif.sample_differential(sample_id, labels, counts, cfg, needs_review=int((probs.max(axis=1)
                                    < cfg.review_confidence).sum()) if len(probs) else 0,
-                                   adjustment=adjustment, adjustment_missing=missing, model_poor=model_poor(card, cfg))
+                                   adjustment=adjustment, adjustment_missing=missing, model_poor=model_poor(card, cfg),
+                                   record_check=record_check)
     table = dif.differential_table([diff])
     true_counts = np.bincount(y_true, minlength=len(labels))
     truth = dif.sample_differential(sample_id, labels, true_counts, cfg)
@@ -140,6 +147,29 @@ def write_differential(path: Path, model_dir: Path, sample_id: str, y_true, prob
     table.insert(table.columns.get_loc("flags"), "true_percent", table["class"].map(true).astype(np.float64))
     table.to_csv(path, index=False, lineterminator="\n")
     return table
+
+
+def _fit_features(features: np.ndarray, true_class, predicted, n_classes: int, model_sha256: str):
+    """The record check fitted on the new record crops, or None (logged) when they are too few."""
+    from .classify.record_check import fit_feature_record
+
+    try:
+        return fit_feature_record(features, true_class, predicted, n_classes, model_sha256=model_sha256)
+    except ValueError as err:
+        log.warning("the record check was not refitted (the model keeps its former one, if any): %s", err)
+        return None
+
+
+def _replace_feature_record(model_dir: Path, record, first: bool) -> None:
+    """Write the refitted record; on the first characterisation (``first``) training's
+    record is kept as feature_record.train.npz, never overwritten later."""
+    from .classify.record_check import FEATURE_RECORD_FILE, write_feature_record
+
+    current = model_dir / FEATURE_RECORD_FILE
+    kept = model_dir / FEATURE_RECORD_FILE.replace(".npz", ".train.npz")
+    if first and current.is_file() and not kept.exists():
+        os.replace(current, kept)
+    write_feature_record(model_dir, record)
 
 
 def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int = 32, workers: int = 2,
@@ -162,8 +192,23 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int 
     predictor = get_predictor(model_dir, batch_size, tta_views=tta_views)
     log.info("evaluating %s on %d images of %s (%d test-time view%s)", model_dir, len(data), data_dir,
              tta_views, "" if tta_views == 1 else "s")
-    probs = np.concatenate([predictor.predict(x) for x in iter_crops(data.paths, loaded.input_size_px,
-                                                                     batch_size, workers)])
+    # One pass gives the probabilities and the first view's pooled features (record_check.py).
+    parts = [predictor.predict_views(x, tta_views, with_features=True)
+             for x in iter_crops(data.paths, loaded.input_size_px, batch_size, workers)]
+    probs = calibrate(np.concatenate([p[0] for p in parts], axis=1).mean(axis=0, dtype=np.float64).astype(np.float32),
+                      predictor.calibration)  # as Predictor.predict averages
+    features = np.concatenate([p[1] for p in parts])
+    record_check = None
+    if loaded.feature_record is not None:
+        beyond = loaded.feature_record.beyond(features, probs.argmax(axis=1))
+        share, low, flagged = shift_verdict(int(beyond.sum()), len(beyond))
+        record_check = {"cells": int(len(beyond)), "beyond": int(beyond.sum()), "share": share,
+                        "share_ci_low": low, "unlike_record": bool(flagged),
+                        "note": "crops beyond the model's record of its validation crops (about 5 % of crops "
+                                "like them; classify/record_check.py)"}
+        log.info("%d of %d crops (%.0f %%) lie beyond the model's record (about 5 %% of crops like it)%s",
+                 record_check["beyond"], len(beyond), 100 * share,
+                 ": they look unlike the crops it was characterised on" if flagged else "")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.csv", data, probs, labels)
@@ -177,10 +222,11 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int 
         "calibration": predictor.calibration.to_dict(),
         "tta_views": tta_views,
         **classification_metrics(data.labels, probs, labels),
+        "record_check": record_check,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_differential(out_dir / "differential.csv", Path(model_dir), Path(data_dir).resolve().name or "data",
-                       data.labels, probs, labels, tta_views=tta_views)
+                       data.labels, probs, labels, tta_views=tta_views, record_check=record_check)
     plot_confusion(out_dir / "confusion_matrix.png", np.asarray(metrics["confusion_matrix"]["matrix"]), labels,
                    f"{Path(model_dir).name} on {Path(data_dir).name}: balanced accuracy "
                    f"{metrics['balanced_accuracy']:.3f}")
@@ -191,8 +237,17 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int 
     if characterise:
         from .model_card import TRAIN_CARD_JSON, recharacterise
 
+        from .classify.loading import clear_cache
+
+        # Fitted before anything in MODEL_DIR changes; training's files are kept on the first
+        # characterisation only (model_card.train.json not there yet).
+        record = _fit_features(features, data.labels, probs.argmax(axis=1), len(labels), loaded.sha256)
+        first = not (Path(model_dir) / TRAIN_CARD_JSON).exists()
         recharacterise(model_dir, paths=data.paths, labels=data.labels, calibrated=probs, source=Path(data_dir),
                        tta_views=tta_views)
+        if record is not None:
+            _replace_feature_record(Path(model_dir), record, first)
+        clear_cache()
         log.info("%s now characterises %s for the adjusted differential (%d crops, %d test-time view(s)); "
                  "training's record is kept as %s", data_dir, model_dir, len(data), tta_views, TRAIN_CARD_JSON)
     return metrics

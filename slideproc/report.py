@@ -163,7 +163,8 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
                                        adjustment_missing=missing or "adjusted differential not available: the "
                                        "sample's classes differ from the model record's",
                                        skipped_sources=attrs.get("skipped_sources") or (),
-                                       n_sources=len(attrs.get("sources") or ()), last_run_error=failed_now)
+                                       n_sources=len(attrs.get("sources") or ()), last_run_error=failed_now,
+                                       record_check=attrs.get("record_check"))
         diffs.append(diff)
         review_frames.append(
             review.sort_values(["confidence", "cell_id"], kind="mergesort")
@@ -307,6 +308,15 @@ def _model_line(root_attrs: dict, card: model_card.ModelCard | None, cfg: Report
     return "<p class=model>" + "; ".join(parts) + ".</p>"
 
 
+def _record_check_words(diff) -> str:
+    """The sample's record check in a few words (classify/record_check.py)."""
+    if not diff.record_check:
+        return "cells not checked against the model's record (the model has no feature_record.npz)"
+    n, k = diff.record_check
+    share = f" ({100 * k / n:.0f} %)" if n else ""
+    return f"{k} of {n} cells{share} beyond the model's record (5-13 % for cells like the record's)"
+
+
 def failed_samples(errors: list[dict], reported: set[str]) -> dict[str, str]:
     """{sample_id: its errors joined by '; '} for the errors.csv rows of samples not in
     ``reported`` (the samples the store holds): the samples that failed and have no figures."""
@@ -432,7 +442,8 @@ def render_html(root_attrs: dict, cfg: ReportConfig, sections, card: model_card.
             f"<section class=sample id='sample-{i}'><h2>{e(diff.sample_id)}</h2>{banner}"
             f"<p class=meta>sources: {e(sources)} &middot; mpp {e(_mpp(attrs.get('mpp')))} &middot; "
             f"{diff.n_cells} cells counted, {diff.n_nucleated} nucleated, {diff.needs_review} "
-            f"({_fmt(diff.review_percent, 1)} %) below the review confidence</p>"
+            f"({_fmt(diff.review_percent, 1)} %) below the review confidence &middot; "
+            f"{e(_record_check_words(diff))}</p>"
             f"{flags}{_sample_table(diff, cfg)}{_img(pngs['differential'], f'differential of {diff.sample_id}')}"
             f"{_img(pngs['confidence'], f'confidence of {diff.sample_id}')}{gallery}</section>"
         )

@@ -8,8 +8,9 @@ record of what it was made from (``made_from``)::
                      files' headers, the manifest and --mpp (plan.py, the same
                      function the workers use); mpp_from says where each came from
     config_sha256    digest of the settings that change cells or classes
-    model_sha256     digest of model.keras; labels_sha256 of labels.json and
-                     calibration.json (the same weights, other probabilities)
+    model_sha256     digest of model.keras; labels_sha256 of labels.json,
+                     calibration.json (the same weights, other probabilities) and
+                     feature_record.npz (other unlike_record flags)
 
 A re-run compares that record with what it is about to process, before any
 work: a sample whose files were added, removed or changed (size or mtime), or
@@ -142,7 +143,7 @@ def differences(old: dict | None, new: dict) -> list[str]:
     if old.get("model_sha256") != new["model_sha256"]:
         out.append("another model")
     elif old.get("labels_sha256") not in (None, new.get("labels_sha256")):
-        out.append("another labels.json / calibration.json")
+        out.append("another labels.json / calibration.json / feature_record.npz")
     return out
 
 
@@ -188,8 +189,8 @@ def check_store_matches(out_dir: Path, config: dict, model) -> None:
     old_labels = root.get("labels_sha256")
     if old_labels and getattr(model, "labels_sha256", None) and old_labels != model.labels_sha256:
         raise UsageError(
-            f"{store} holds {len(done)} sample(s) made with another labels.json / calibration.json for this "
-            f"model; {fix} with this one"
+            f"{store} holds {len(done)} sample(s) made with another labels.json / calibration.json / "
+            f"feature_record.npz for this model; {fix} with this one"
         )
     old_cfg = root.get("config")
     if isinstance(old_cfg, dict) and config_digest(old_cfg) != config_digest(config):

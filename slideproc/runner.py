@@ -244,8 +244,16 @@ def run_archive(inputs, out_dir: Path, cfg: RunConfig, model_dir: Path | None, *
                 return
             class_index = probs.argmax(axis=1).astype(np.int16) if len(probs) else np.zeros(0, np.int16)
             confidence = probs.max(axis=1).astype(np.float32) if len(probs) else np.zeros(0, np.float32)
+            beyond = state.beyond_record
+            if beyond is not None:
+                from .classify.record_check import QUANTILE
+
+                # How many of the cells lie beyond the model's record (classify/record_check.py):
+                # the differential flags a sample unlike the record.
+                attrs["record_check"] = {"cells": int(len(beyond)), "beyond": int(beyond.sum()),
+                                         "expected_share": round(1.0 - QUANTILE, 6)}
             zarr_store.write_sample(out_dir, spec.sample_id, table, class_index, confidence, probs,
-                                    list(model.labels), attrs, crops=crops)
+                                    list(model.labels), attrs, crops=crops, beyond_record=beyond)
             try:
                 tables.write_sample_csv(out_dir, spec.sample_id)
             except StoreError as err:

@@ -114,7 +114,8 @@ def group_summary(result: dict) -> dict:
 
 
 def classify_task(model_dir: str, sha256: str, parts: list, batch_size: int,
-                  mixed_precision: str = "auto", return_crops: bool = False, tta_views: int = 1) -> dict:
+                  mixed_precision: str = "auto", return_crops: bool = False, tta_views: int = 1,
+                  record_sha256: str | None = None) -> dict:
     """Calibrated probabilities for the concatenated crops, and where it ran.
 
     ``tta_views`` (classify.tta_views: 1, 2, 4, 8): each crop is predicted in
@@ -132,6 +133,8 @@ def classify_task(model_dir: str, sha256: str, parts: list, batch_size: int,
     same function, so the same pixels either way). ``sha256`` is part of the task's arguments so a changed model
     never reuses a cached predictor; the predictor itself is cached per worker
     process. ``return_crops`` also returns the model-input crops (--save-crops).
+    ``record_sha256``: digest of the feature_record.npz the run started with (None: the
+    model has none); a worker whose model folder holds another fails the task (ModelError).
     """
     from .classify.predict import get_predictor
     from .classify.preprocess import resize_crops
@@ -142,13 +145,24 @@ def classify_task(model_dir: str, sha256: str, parts: list, batch_size: int,
         from .errors import ModelError
 
         raise ModelError(f"{model_dir}: the model changed during the run (sha256 {sha256[:12]}...); re-run")
+    record = predictor.loaded.feature_record
+    if (record.sha256 if record is not None else None) != record_sha256:
+        from .errors import ModelError
+
+        # A worker reading another feature_record.npz (an old copy of the model folder, or
+        # one refitted during the run) would check cells against another record.
+        raise ModelError(f"{model_dir}: feature_record.npz on worker {_worker_address()} is not the one this run "
+                         f"started with; give every worker the same model folder and re-run")
     arrays = [p[0]["crops"][p[1]:p[2]] if isinstance(p, tuple) else p for p in parts]
     bytes_in = sum(int(a.nbytes) for a in arrays)
     arrays = [resize_crops(a, predictor.input_size_px) for a in arrays]
     batch = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    probs = predictor.predict(batch)
+    probs, beyond = predictor.predict_checked(batch)
     out = {
         "probabilities": np.asarray(probs, dtype=np.float32),
+        # bool (N,): the cell lies beyond the model's record (classify/record_check.py); None
+        # for a model without a feature record
+        "beyond_record": beyond,
         "worker": _worker_address(),
         "seconds": time.perf_counter() - start,
         "n": int(len(batch)),

@@ -372,7 +372,11 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
     # trained in), from all 8 views once: every view count gets its own fit.
     log.info("best epoch %d (val macro-F1 %.3f as trained, %s); predicting the validation split in %d views "
              "to calibrate", best["epoch"], best["macro_f1"], precision, max(VIEW_COUNTS))
-    views = validate_views(predictor_for(saved), max(VIEW_COUNTS))
+    final = predictor_for(saved)
+    parts = [final.predict_views(x, max(VIEW_COUNTS), with_features=True)
+             for x in iter_crops(val_set.paths, m.input_size_px, t.batch_size, t.workers)]
+    views = np.concatenate([p[0] for p in parts], axis=1)
+    val_features = np.concatenate([p[1] for p in parts])  # first view's pooled features (record_check.py)
     raw = {k: views[:k].mean(axis=0) for k in VIEW_COUNTS}
     y_val = val_set.labels
     fits = {k: fit_calibration(raw[k], y_val, t.calibration) for k in VIEW_COUNTS}
@@ -466,6 +470,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
                      classes=classes, train_counts=train_set.counts(), balance=t.balance,
                      loss_weights=batches.weights if t.balance == "class_weight" else None,
                      calibration=info.get("calibration", ""), tta_views=t.tta_views)
+    _write_feature_record(out_dir, val_features, y_val, calibrated.argmax(axis=1), len(classes), sha)
     v = metrics["validation"]
     log.info("validation: top-1 %.3f, balanced accuracy %.3f, macro-F1 %.3f, ECE %.3f; 4 views: balanced "
              "%.3f; initial weights: %s; wrote %s in %.1f min", v["top1_accuracy"], v["balanced_accuracy"],
@@ -481,6 +486,23 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, *, val_dir: Path | No
             raise TrainingError(message)
         log.warning("WARNING: %s", message)
     return metrics
+
+
+def _write_feature_record(out_dir: Path, features: np.ndarray, y_val, predicted, n_classes: int,
+                          model_sha256: str) -> None:
+    """MODEL_DIR/feature_record.npz from the validation split: what `run` checks each
+    sample's cells against (classify/record_check.py). A record an earlier training left
+    in MODEL_DIR is removed first: it belongs to another model."""
+    from .classify.record_check import FEATURE_RECORD_FILE, fit_feature_record, write_feature_record
+
+    for stale in (FEATURE_RECORD_FILE, FEATURE_RECORD_FILE.replace(".npz", ".train.npz")):
+        (out_dir / stale).unlink(missing_ok=True)
+    try:
+        write_feature_record(out_dir, fit_feature_record(features, y_val, predicted, n_classes,
+                                                         model_sha256=model_sha256))
+    except ValueError as err:
+        log.warning("no record check for this model (run will not say whether a sample's cells look like "
+                    "the validation crops): %s", err)
 
 
 def _write_split(path: Path, train_set: ImageSet, val_set: ImageSet) -> None:

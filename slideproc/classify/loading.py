@@ -57,6 +57,8 @@ class LoadedModel:
     # {number of test-time views: Calibration} from calibration.json; empty for
     # models written before it (then labels.json's temperature calibrates).
     calibrations: dict = field(default_factory=dict, repr=False)
+    # record_check.FeatureRecord from feature_record.npz; None for models written before it.
+    feature_record: Any = field(default=None, repr=False)
 
     def calibration_for(self, views: int = 1) -> Calibration:
         """The calibration fitted for probabilities averaged over ``views`` views.
@@ -204,8 +206,10 @@ def load_model_dir(path: str | Path) -> LoadedModel:
     # or temperature is another model to the engine.
     labels_path = model_dir / LABELS_FILE
     cal_path = model_dir / CALIBRATION_FILE
+    from .record_check import FEATURE_RECORD_FILE, read_feature_record
+
     key = digest + "".join(":" + (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
-                           for p in (labels_path, cal_path))
+                           for p in (labels_path, cal_path, model_dir / FEATURE_RECORD_FILE))
     with _lock:
         cached = _models.get(key)
     if cached is not None:
@@ -218,6 +222,10 @@ def load_model_dir(path: str | Path) -> LoadedModel:
             calibrations = read_calibrations(cal_path, len(info["labels"]))
         except ValueError as err:
             raise ModelError(str(err)) from None
+    try:
+        feature_record = read_feature_record(model_dir, len(info["labels"]), model_sha256=digest)
+    except ValueError as err:
+        raise ModelError(str(err)) from None
     config = check_archive(model_file)
     # Refuse a label mismatch before reading 200 MB of weights.
     units = _output_units(config)
@@ -246,9 +254,20 @@ def load_model_dir(path: str | Path) -> LoadedModel:
             f"use the labels.json written with this model"
         )
     size = model.input_shape[1]
+    if feature_record is not None:
+        from .record_check import FEATURE_LAYER
+
+        try:
+            width = int(model.get_layer(FEATURE_LAYER).output.shape[-1])
+        except ValueError:
+            width = -1  # no such layer: not a network build_classifier made
+        if width != feature_record.mean.shape[0]:
+            raise ModelError(f"{model_dir / FEATURE_RECORD_FILE} is for features of width "
+                             f"{feature_record.mean.shape[0]}, {model_file} gives {width}; re-run slideproc "
+                             f"evaluate --characterise on labelled crops, or retrain")
     loaded = LoadedModel(model=model, labels=labels, sha256=digest, input_size_px=int(size),
                          temperature=float(info.get("temperature", 1.0)), path=model_dir, info=info,
-                         calibrations=calibrations)
+                         calibrations=calibrations, feature_record=feature_record)
     log.info("loaded model %s (sha256 %s, %d classes, %d px)", model_dir, digest[:12], len(labels), size)
     with _lock:
         _models.setdefault(key, loaded)

@@ -105,6 +105,7 @@ class Predictor:
         # The network that runs the batches: the loaded one, or a copy built under
         # the mixed-precision policy (benchmarks time it bare, as the engine runs it).
         self.network = loaded.model if self.precision == "float32" else _rebuild(loaded, self.precision)
+        self._features_net = None  # built on first use (predict_views with_features)
         # Keras' predict function is not meant to be entered by two threads at once.
         self._lock = threading.Lock()
         self.calibration = loaded.calibration_for(self.tta_views)
@@ -117,8 +118,19 @@ class Predictor:
         return np.mean(self.predict_views(crops, views or self.tta_views), axis=0, dtype=np.float64
                        ).astype(np.float32)
 
-    def predict_views(self, crops: np.ndarray, views: int) -> np.ndarray:
-        """Uncalibrated softmax outputs of each of the first ``views`` views, float32 (views, N, C)."""
+    def _feature_network(self) -> keras.Model:
+        """The network with a second output: the pooled backbone features (record_check.py)."""
+        if self._features_net is None:
+            from .record_check import FEATURE_LAYER
+
+            self._features_net = keras.Model(self.network.inputs,
+                                             [self.network.outputs[0], self.network.get_layer(FEATURE_LAYER).output])
+        return self._features_net
+
+    def predict_views(self, crops: np.ndarray, views: int, with_features: bool = False):
+        """Uncalibrated softmax outputs of each of the first ``views`` views, float32 (views, N, C);
+        with ``with_features`` also the first view's pooled backbone features, float32 (N, D),
+        from the same forward pass: ``(outputs, features)``."""
         crops = np.asarray(crops)
         if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[-1] != 3:
             raise InputError(
@@ -127,8 +139,9 @@ class Predictor:
         views = check_views(views, "views")
         n = len(crops)
         out = np.empty((views, n, len(self.labels)), np.float32)
+        feats = None
         if n == 0:
-            return out
+            return (out, np.zeros((0, 0), np.float32)) if with_features else out
         crops = resize_crops(crops, self.input_size_px)
         size = self.input_size_px
         batch = np.zeros((self.batch_size, size, size, 3), np.uint8)
@@ -138,13 +151,31 @@ class Predictor:
                     chunk = crops[start:start + self.batch_size]
                     batch[:len(chunk)] = view(chunk, v) if v else chunk
                     batch[len(chunk):] = 0  # padding; its rows are dropped below
-                    probs = self.network.predict_on_batch(batch)
+                    if with_features and v == 0:
+                        probs, f = self._feature_network().predict_on_batch(batch)
+                        if feats is None:
+                            feats = np.empty((n, int(np.shape(f)[-1])), np.float32)
+                        feats[start:start + len(chunk)] = np.asarray(f, np.float32)[:len(chunk)]
+                    else:
+                        probs = self.network.predict_on_batch(batch)
                     out[v, start:start + len(chunk)] = np.asarray(probs, np.float32)[:len(chunk)]
-        return out
+        return (out, feats) if with_features else out
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated probabilities averaged over ``tta_views`` views, float32 (N, C)."""
         return calibrate(self.predict_raw(crops), self.calibration)
+
+    def predict_checked(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities, beyond)``: predict()'s calibrated float32 (N, C), and bool (N,)
+        whether each cell lies beyond the model's record (record_check.py; first view's
+        features, from the same forward pass), or None when the model has no feature record."""
+        record = self.loaded.feature_record
+        if record is None:
+            return self.predict(crops), None
+        views, feats = self.predict_views(crops, self.tta_views, with_features=True)
+        probs = calibrate(np.mean(views, axis=0, dtype=np.float64).astype(np.float32), self.calibration)
+        beyond = record.beyond(feats, probs.argmax(axis=1)) if len(probs) else np.zeros(0, bool)
+        return probs, beyond
 
 
 _predictors: dict[tuple, Predictor] = {}
@@ -153,9 +184,12 @@ _plock = threading.Lock()
 
 def get_predictor(model_dir: str | Path, batch_size: int = 32, mixed_precision: str = "auto",
                   tta_views: int = 1) -> Predictor:
-    """One Predictor per (model sha256, labels, calibration, batch size, precision, views) per process."""
+    """One Predictor per (model sha256, labels, calibration, feature record, batch size, precision, views)
+    per process."""
     loaded = load_model_dir(model_dir)
+    record = loaded.feature_record
     key = (loaded.sha256, loaded.labels, loaded.temperature, tuple(sorted(loaded.calibrations.items())),
+           None if record is None else (record.n, record.thresholds.tobytes(), record.mean.tobytes()),
            int(batch_size), mixed_precision, int(tta_views))
     with _plock:
         if key not in _predictors:

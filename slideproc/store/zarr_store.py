@@ -13,6 +13,9 @@ Layout (README.md, "Outputs")::
         cells/class_index         int16 into class_names
         cells/confidence          float32 (max probability)
         cells/probabilities       float16 (N, C)
+        cells/beyond_record       bool, the cell lies beyond the model's record
+                                  (classify/record_check.py); only with a model
+                                  that has feature_record.npz
         histogram                 int64 (C,)
         crops                     uint8 (N, H, W, 3), only with --save-crops
 
@@ -20,7 +23,7 @@ Public API (the engine's contract)::
 
     init_store(out_dir, *, class_names, run_id, model_sha256=None, config=None) -> Path
     write_sample(out_dir, sample_id, cells, class_index, confidence, probabilities,
-                 class_names, attrs, crops=None) -> Path
+                 class_names, attrs, crops=None, beyond_record=None) -> Path
     read_sample(out_dir, sample_id) -> (cells DataFrame, probabilities (N, C) float16, attrs)
     read_crops(out_dir, sample_id) -> uint8 (N, H, W, 3) | None
     completed_samples(out_dir) -> set[str]
@@ -295,12 +298,15 @@ def write_sample(
     class_names: Sequence[str],
     attrs: dict | None = None,
     crops: np.ndarray | None = None,
+    beyond_record: np.ndarray | None = None,
 ) -> Path:
     """Write one classified sample whole, or not at all; returns its group path.
 
     ``cells``: DataFrame with DETECT_COLUMNS (``source`` as in cells/*.csv).
     ``attrs``: JSON-able dict; ``sources`` (list of source names) gives the order
     of the ``cells/source`` index and is extended with any cell source it lacks;
+    ``beyond_record``: bool (N,), the cells beyond the model's record
+    (classify/record_check.py), stored as ``cells/beyond_record`` when given.
     ``mpp``, ``started``, ``finished`` and anything else are kept as given
     (``finished`` defaults to now, UTC). ``status``, ``n_cells`` and
     ``class_names`` are set here. An existing sample of that id is replaced.
@@ -345,6 +351,11 @@ def write_sample(
         _put(group, "cells/confidence", confidence.astype(np.float32), CELL_CHUNK)
         _put(group, "cells/probabilities", probabilities.astype(np.float16), CELL_CHUNK)
         _put(group, "histogram", histogram, max(1, len(class_names)))
+        if beyond_record is not None:
+            beyond_record = np.asarray(beyond_record, bool)
+            if beyond_record.shape != (len(cells),):
+                raise ValueError(f"beyond_record has shape {beyond_record.shape} for {len(cells)} cells")
+            _put(group, "cells/beyond_record", beyond_record, CELL_CHUNK)
         if crops is not None:
             _put(group, "crops", crops, CROP_CHUNK)
         # Status last and inside the temporary: the rename below publishes it.

@@ -57,10 +57,9 @@ class ModelInfo:
     # sha256 of labels.json (label order, temperature), calibration.json and
     # feature_record.npz: part of what a stored sample was made with (resume.py).
     labels_sha256: str | None = None
-    # MODEL_DIR/feature_record.npz exists: classify tasks say which cells lie beyond the
-    # model's record (classify/record_check.py)
-    has_feature_record: bool = False
-    # its file's sha256: every classify task checks its worker reads the same one
+    # sha256 of MODEL_DIR/feature_record.npz (None: the model has none): classify tasks
+    # say which cells lie beyond the model's record (classify/record_check.py), each
+    # checking its worker reads this same file
     feature_record_sha256: str | None = None
 
 
@@ -171,8 +170,7 @@ def read_model_info(model_dir: str | Path) -> ModelInfo:
         side.update(b"\0record\0" + record.sha256.encode())
     labels_sha = side.hexdigest()
     return ModelInfo(str(model_dir.resolve()), tuple(info["labels"]), model_sha, size,
-                     labels_sha256=labels_sha, has_feature_record=record is not None,
-                     feature_record_sha256=record.sha256 if record is not None else None)
+                     labels_sha256=labels_sha, feature_record_sha256=record.sha256 if record is not None else None)
 
 
 def _archive_shape(model_file: Path) -> tuple[int | None, int | None]:
@@ -569,7 +567,7 @@ class Engine:
             parts = [state.probabilities[i] for i in range(len(state.batches))]
             probs = np.concatenate(parts) if parts else np.zeros((0, n_classes), np.float32)
             checks = [state.beyond.get(i) for i in range(len(state.batches))]
-            if self.model.has_feature_record:
+            if self.model.feature_record_sha256 is not None:
                 if all(c is not None for c in checks):
                     state.beyond_record = np.concatenate(checks) if checks else np.zeros(0, bool)
                 else:  # classify_task refuses a worker without the record: not expected

@@ -33,7 +33,7 @@ import numpy as np
 
 from .classify.calibration import calibrate
 from .classify.loading import load_model_dir
-from .classify.predict import get_predictor
+from .classify.predict import get_predictor, mean_views
 from .classify.record_check import shift_verdict
 from .datasets import load_eval_set
 from .errors import UsageError
@@ -195,8 +195,7 @@ def evaluate(model_dir: Path, data_dir: Path, out_dir: Path, *, batch_size: int 
     # One pass gives the probabilities and the first view's pooled features (record_check.py).
     parts = [predictor.predict_views(x, tta_views, with_features=True)
              for x in iter_crops(data.paths, loaded.input_size_px, batch_size, workers)]
-    probs = calibrate(np.concatenate([p[0] for p in parts], axis=1).mean(axis=0, dtype=np.float64).astype(np.float32),
-                      predictor.calibration)  # as Predictor.predict averages
+    probs = calibrate(mean_views(np.concatenate([p[0] for p in parts], axis=1)), predictor.calibration)
     features = np.concatenate([p[1] for p in parts])
     record_check = None
     if loaded.feature_record is not None:

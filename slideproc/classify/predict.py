@@ -80,6 +80,12 @@ def _rebuild(loaded: LoadedModel, policy: str) -> keras.Model:
     return model
 
 
+def mean_views(views: np.ndarray) -> np.ndarray:
+    """Softmax outputs (views, N, C) averaged over the views in float64, float32 (N, C): the
+    one average every path calibrates (run, evaluate)."""
+    return np.mean(views, axis=0, dtype=np.float64).astype(np.float32)
+
+
 class Predictor:
     """Fixed-batch predictor for one loaded model.
 
@@ -115,8 +121,7 @@ class Predictor:
     def predict_raw(self, crops: np.ndarray, views: int | None = None) -> np.ndarray:
         """Uncalibrated softmax outputs averaged over the first ``views`` views
         (default: the predictor's ``tta_views``), float32 (N, C)."""
-        return np.mean(self.predict_views(crops, views or self.tta_views), axis=0, dtype=np.float64
-                       ).astype(np.float32)
+        return mean_views(self.predict_views(crops, views or self.tta_views))
 
     def _feature_network(self) -> keras.Model:
         """The network with a second output: the pooled backbone features (record_check.py)."""
@@ -173,7 +178,7 @@ class Predictor:
         if record is None:
             return self.predict(crops), None
         views, feats = self.predict_views(crops, self.tta_views, with_features=True)
-        probs = calibrate(np.mean(views, axis=0, dtype=np.float64).astype(np.float32), self.calibration)
+        probs = calibrate(mean_views(views), self.calibration)
         beyond = record.beyond(feats, probs.argmax(axis=1)) if len(probs) else np.zeros(0, bool)
         return probs, beyond
 
@@ -189,7 +194,7 @@ def get_predictor(model_dir: str | Path, batch_size: int = 32, mixed_precision: 
     loaded = load_model_dir(model_dir)
     record = loaded.feature_record
     key = (loaded.sha256, loaded.labels, loaded.temperature, tuple(sorted(loaded.calibrations.items())),
-           None if record is None else (record.n, record.thresholds.tobytes(), record.mean.tobytes()),
+           None if record is None else record.sha256,
            int(batch_size), mixed_precision, int(tta_views))
     with _plock:
         if key not in _predictors:

@@ -157,14 +157,14 @@ def write_feature_record(model_dir: str | Path, record: FeatureRecord) -> Path:
     return atomic_write_bytes(Path(model_dir) / FEATURE_RECORD_FILE, buf.getvalue())
 
 
-def read_feature_record(model_dir: str | Path, n_classes: int, model_sha256: str | None = None,
-                        n_features: int | None = None) -> FeatureRecord | None:
+def read_feature_record(model_dir: str | Path, n_classes: int, model_sha256: str | None = None
+                        ) -> FeatureRecord | None:
     """MODEL_DIR's record check, or None when the model has none (written before it).
 
     Raises ValueError (one line naming the file and the fix) for a damaged file, or one
-    that does not fit the model: another class count, another feature width
-    (``n_features``, when given) or another model.keras (``model_sha256``, when given and
-    the file names one)."""
+    that does not fit the model: another class count or another model.keras
+    (``model_sha256``, when given and the file names one). The feature width is checked
+    where the network is loaded (classify/loading.py)."""
     import hashlib
     import zipfile
 
@@ -186,8 +186,6 @@ def read_feature_record(model_dir: str | Path, n_classes: int, model_sha256: str
     if mean.ndim != 1 or axes.ndim != 2 or axes.shape[1] != mean.shape[0] or thr.shape != (n_classes,):
         raise ValueError(f"{path} does not fit this model (thresholds {thr.shape} for {n_classes} classes, "
                          f"axes {axes.shape}, mean {mean.shape}); {fix}")
-    if n_features is not None and mean.shape[0] != n_features:
-        raise ValueError(f"{path} is for features of width {mean.shape[0]}, this model's are {n_features}; {fix}")
     if model_sha256 and record.model_sha256 and record.model_sha256 != model_sha256:
         raise ValueError(f"{path} was fitted for another model.keras (sha256 {record.model_sha256[:12]}..., "
                          f"this one {model_sha256[:12]}...); {fix}")

@@ -426,7 +426,7 @@ def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
                 f"at 95 % confidence; 5-13 % for cells like the record's) look unlike the crops the model was "
                 f"characterised on (another stain, scanner or preparation, or cells the record holds few of): "
                 f"its class shares and intervals are not supported for this sample, and its other flags still "
-                f"apply. Review the cells (results.zarr cells/beyond_record); characterise the model on this "
+                f"apply. Review the cells marked beyond_record 1 (cells/<sample_id>.csv, the QuPath GeoJSON and report/needs_review.csv); characterise the model on this "
                 f"lab's labelled crops (slideproc evaluate --characterise) or retrain on them")
     return flag
 

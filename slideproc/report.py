@@ -11,6 +11,7 @@ Writes, in OUT_DIR:
 - ``report/summary.csv``  the archive table as data (one row per sample)
 - ``report/needs_review.csv``  cells below ``report.review_confidence``, per sample
                          lowest confidence first: the cells to look at first
+                         (``beyond_record`` 1 / 0 / empty, as in cells/<sample_id>.csv)
 - ``report/index.html``  self-contained page (no network; images inline as base64)
 - ``report/<sample_id>.differential.png``, ``.confidence.png``, ``.gallery.png``
   (gallery only when crops were saved)
@@ -47,7 +48,7 @@ log = logging.getLogger("slideproc.report")
 
 REPORT_DIR = "report"
 DIFFERENTIAL_CSV = "differential.csv"
-NEEDS_REVIEW_COLUMNS = ["sample_id", "cell_id", "source", "x", "y", "class", "confidence"]
+NEEDS_REVIEW_COLUMNS = ["sample_id", "cell_id", "source", "x", "y", "class", "confidence", "beyond_record"]
 
 
 def _report_config(out_dir, config) -> ReportConfig:
@@ -166,10 +167,9 @@ def write_report(out_dir: str | os.PathLike, config=None) -> Path:
                                        n_sources=len(attrs.get("sources") or ()), last_run_error=failed_now,
                                        record_check=attrs.get("record_check"))
         diffs.append(diff)
-        review_frames.append(
-            review.sort_values(["confidence", "cell_id"], kind="mergesort")
-            .assign(sample_id=sample_id)[NEEDS_REVIEW_COLUMNS]
-        )
+        review = review.sort_values(["confidence", "cell_id"], kind="mergesort")
+        review_frames.append(review.assign(sample_id=sample_id, beyond_record=tables.beyond_record_column(review))
+                             [NEEDS_REVIEW_COLUMNS])
         geojson.write_sample_geojson(out_dir, sample_id, cells=cells, attrs=attrs)
 
         pngs = {

@@ -145,6 +145,9 @@ def test_run_stores_the_check_and_flags_a_sample_unlike_the_record(small_archive
     assert summary.loc["S1", "beyond_record_percent"] == pytest.approx(100 * beyond.mean())
     page = (tmp_path / "out" / "report" / "index.html").read_text()
     assert f"{int(beyond.sum())} of {len(beyond)} cells" in page and "beyond the model&#x27;s record" in page
+    # Each cell's verdict reaches what a reader opens: the cells CSV (1/0), QuPath's
+    # measurements and needs_review.csv, cell by cell as stored.
+    _assert_cell_verdicts(tmp_path / "out", "S1", beyond.astype(int))
 
     # The same cells against a record they all lie beyond (every threshold below any residual).
     odd = tmp_path / "model_odd"
@@ -156,7 +159,26 @@ def test_run_stores_the_check_and_flags_a_sample_unlike_the_record(small_archive
     flags = pd.read_csv(tmp_path / "out_odd" / "differential.csv")["flags"].iloc[0].split(";")
     assert flags[0] == "unlike_record"
     page = (tmp_path / "out_odd" / "report" / "index.html").read_text()
-    assert "cells unlike the model&#x27;s record" in page
+    assert "cells unlike the model&#x27;s record" in page and "beyond_record 1 (cells/&lt;sample_id&gt;.csv" in page
+    _assert_cell_verdicts(tmp_path / "out_odd", "S1", np.ones(len(beyond), int))
+
+
+def _assert_cell_verdicts(out: Path, sample_id: str, expected) -> None:
+    """cells/<id>.csv, the GeoJSON's measurements and needs_review.csv carry ``expected``
+    (one int per cell, in cell_id order; None: the sample was not checked)."""
+    cells = pd.read_csv(out / "cells" / f"{sample_id}.csv")
+    geo = json.loads((out / "geojson" / f"{sample_id}.geojson").read_text())["features"]
+    review = pd.read_csv(out / "report" / "needs_review.csv")
+    assert cells.columns[-1] == "beyond_record" and review.columns[-1] == "beyond_record"
+    if expected is None:
+        assert cells["beyond_record"].isna().all() and review["beyond_record"].isna().all()
+        assert not any("beyond_record" in f["properties"]["measurements"] for f in geo)
+        return
+    assert cells["beyond_record"].tolist() == list(expected)
+    by_cell = {f["properties"]["cell_id"]: f["properties"]["measurements"]["beyond_record"] for f in geo}
+    assert [by_cell[i] for i in range(len(expected))] == [float(v) for v in expected]
+    assert len(review) > 0  # the tiny model is unsure of most cells
+    assert review["beyond_record"].tolist() == [int(expected[i]) for i in review["cell_id"]]
 
 
 def test_a_model_without_a_record_runs_unchecked(small_archive, tiny_model, tmp_path):  # noqa: F811
@@ -172,6 +194,7 @@ def test_a_model_without_a_record_runs_unchecked(small_archive, tiny_model, tmp_
     assert "record_check" not in dict(group.attrs) and "beyond_record" not in group["cells"]
     assert math.isnan(pd.read_csv(tmp_path / "out" / "report" / "summary.csv")["beyond_record_percent"].iloc[0])
     assert "cells not checked against the model&#x27;s record" in (tmp_path / "out" / "report" / "index.html").read_text()
+    _assert_cell_verdicts(tmp_path / "out", "S1", None)
 
 
 def test_evaluate_reports_the_check_and_characterise_refits_it(tiny_model, tmp_path):  # noqa: F811

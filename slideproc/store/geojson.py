@@ -20,7 +20,8 @@ Public API::
     class_color(name) -> [r, g, b]
     cells_to_geojson(cells, sample_id, bounds=None) -> dict
     write_sample_geojson(out_dir, sample_id, cells=None, attrs=None) -> Path   # from the store
-    read_geojson(path) -> DataFrame (cell_id, source, x, y, x0, y0, x1, y1, area_um2, class, confidence)
+    read_geojson(path) -> DataFrame (cell_id, source, x, y, x0, y0, x1, y1, area_um2, class, confidence,
+                                     beyond_record)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 
 from . import zarr_store
 from .atomic import atomic_write_text
+from .tables import beyond_record_column
 
 GEOJSON_DIR = "geojson"
 # A multiple of 4, so the ring touches all four sides of the box; 16 is smooth at
@@ -97,8 +99,13 @@ def _f32(value: float) -> float:
 def cells_to_geojson(cells, sample_id: str, bounds: dict | None = None) -> dict:
     """A FeatureCollection of ``cells`` (read_sample's DataFrame: class, confidence, bbox...).
 
+    Measurements: ``confidence``, ``area_um2`` (um^2) and, when the sample was
+    checked against the model's record, ``beyond_record`` (1.0 / 0.0).
+
     ``bounds``: optional {source: (width, height)} in level-0 pixels.
     """
+    import pandas as pd
+
     bounds = {str(k): (float(v[0]), float(v[1])) for k, v in (bounds or {}).items()}
     sources = [str(s) for s in cells["source"].tolist()]
     limits = np.array([bounds.get(s, (math.inf, math.inf)) for s in sources], dtype=np.float64).reshape(-1, 2)
@@ -106,12 +113,18 @@ def cells_to_geojson(cells, sample_id: str, bounds: dict | None = None) -> dict:
     colors: dict[str, list[int]] = {}
     features = []
     columns = ("cell_id", "x", "y", "area_um2", "class", "confidence")
+    beyond = beyond_record_column(cells).tolist()
     # Plain lists: `class` is a keyword, so itertuples would rename it.
-    for ring, source, (cell_id, x, y, area, name, confidence) in zip(
-        rings, sources, zip(*(cells[c].tolist() for c in columns))
+    for ring, source, outside, (cell_id, x, y, area, name, confidence) in zip(
+        rings, sources, beyond, zip(*(cells[c].tolist() for c in columns))
     ):
         name, cell_id = str(name), int(cell_id)
         color = colors.setdefault(name, class_color(name))
+        measurements = {"confidence": _f32(confidence), "area_um2": _f32(area)}
+        if outside is not pd.NA:
+            # QuPath measurements are numbers: 1.0 / 0.0, so a measurement map or
+            # a filter shows the cells unlike the model's record.
+            measurements["beyond_record"] = float(outside)
         features.append(
             {
                 "type": "Feature",
@@ -120,10 +133,7 @@ def cells_to_geojson(cells, sample_id: str, bounds: dict | None = None) -> dict:
                 "properties": {
                     "objectType": "detection",
                     "classification": {"name": name, "color": color},
-                    "measurements": {
-                        "confidence": _f32(confidence),
-                        "area_um2": _f32(area),
-                    },
+                    "measurements": measurements,
                     "source": source,
                     "cell_id": cell_id,
                     "centroid": [float(x), float(y)],
@@ -167,7 +177,11 @@ def read_geojson(path: str | os.PathLike):
                 "area_um2": float(props["measurements"].get("area_um2", math.nan)),
                 "class": props["classification"]["name"],
                 "confidence": float(props["measurements"].get("confidence", math.nan)),
+                "beyond_record": props["measurements"].get("beyond_record", pd.NA),
             }
         )
-    columns = ["cell_id", "source", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "class", "confidence"]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["cell_id", "source", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "class", "confidence",
+               "beyond_record"]
+    df = pd.DataFrame(rows, columns=columns)
+    df["beyond_record"] = pd.array([pd.NA if v is pd.NA else bool(v) for v in df["beyond_record"]], dtype="boolean")
+    return df

@@ -83,6 +83,9 @@ def cells_path(out_dir: str | os.PathLike, sample_id: str) -> Path:
 def cells_table(sample_id: str, cells):
     """Cells as the CSV has them: CELL_CSV_COLUMNS when ``cells`` has ``class``, else DETECT_CSV_COLUMNS.
 
+    ``beyond_record`` (run's CSV): 1, 0, or empty when the sample was checked
+    against no record (:func:`beyond_record_column`).
+
     ``cell_id`` is kept when present, else the row number.
     """
     import pandas as pd
@@ -95,9 +98,25 @@ def cells_table(sample_id: str, cells):
         "cell_id": cells["cell_id"].to_numpy(np.int64) if "cell_id" in cells.columns else np.arange(n, dtype=np.int64),
     }
     for col in columns[2:]:
+        if col == "beyond_record":
+            data[col] = beyond_record_column(cells)
+            continue
         values = cells[col].to_numpy()
         data[col] = values.astype(_CSV_DTYPES[col]) if col in _CSV_DTYPES else values.astype(str)
     return pd.DataFrame(data, columns=list(columns))
+
+
+def beyond_record_column(cells):
+    """``cells``' beyond_record as the CSVs write it: Int8 1 / 0, <NA> (an empty field) when unchecked.
+
+    0/1 rather than True/False so that a spreadsheet can sum it; a table without
+    the column (a sample checked against no record) is <NA> throughout.
+    """
+    import pandas as pd
+
+    if "beyond_record" not in cells.columns:
+        return pd.array([pd.NA] * len(cells), dtype="Int8")
+    return pd.array(cells["beyond_record"], dtype="boolean").astype("Int8")
 
 
 def write_cells_csv(out_dir: str | os.PathLike, sample_id: str, cells) -> Path:

@@ -400,7 +400,10 @@ def read_sample(out_dir: str | os.PathLike, sample_id: str):
     """Return ``(cells, probabilities, attrs)`` of a complete sample.
 
     ``cells`` has columns cell_id, DETECT_COLUMNS (``source`` as a name),
-    class_index, class, confidence, in stored order (cell_id = row number).
+    class_index, class, confidence, beyond_record, in stored order (cell_id =
+    row number). ``beyond_record`` is pandas' nullable ``boolean``: the stored
+    ``cells/beyond_record``, or <NA> on every row of a sample checked against no
+    record (a model without feature_record.npz).
     """
     import pandas as pd
 
@@ -427,6 +430,9 @@ def read_sample(out_dir: str | os.PathLike, sample_id: str):
                 "class_index": class_index,
                 "class": names[class_index] if n else np.asarray([], dtype=object),
                 "confidence": group["cells/confidence"][...],
+                "beyond_record": pd.array(
+                    group["cells/beyond_record"][...] if "cells/beyond_record" in group else [pd.NA] * n,
+                    dtype="boolean"),
             }
         )
     except StoreError:

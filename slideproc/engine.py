@@ -313,7 +313,8 @@ class Engine:
                     value = fut.result()
                 except Exception as err:  # noqa: BLE001 - any task error fails the sample only
                     if not (kind == "plan" and self._skip_source(state, err, **extra)):
-                        self._fail(state, kind, err, doing=self._doing(state, kind, extra))
+                        self._fail(state, kind, err, doing=self._doing(state, kind, extra),
+                                   path=self._failing_file(state, kind, extra))
                 else:
                     try:
                         getattr(self, f"_on_{kind}")(state, value, **extra)
@@ -349,6 +350,17 @@ class Engine:
             with cond:
                 cond.wait(timeout=0.1)
         return next(self.ac)
+
+    @staticmethod
+    def _failing_file(state: _Sample, kind: str, extra: dict) -> str:
+        """The one file a failed task of ``kind`` was reading, or "" (a crop or classify
+        batch spans files; a field group, several images)."""
+        refs = state.spec.sources
+        if kind in ("plan", "tile"):
+            return refs[extra["source"]].path
+        if kind == "group" and state.group_stop.get(extra["group"], extra["start"] + 1) - extra["start"] == 1:
+            return refs[extra["start"]].path
+        return ""
 
     def _doing(self, state: _Sample, kind: str, extra: dict) -> str:
         """What a task of ``kind`` was doing, in words, for a failure message."""
@@ -439,7 +451,9 @@ class Engine:
             src = start + k
             if k in value["skipped"]:
                 if not self._may_skip(state):
-                    raise value["skipped"][k]
+                    # The sample's last readable image: it fails, naming that file in errors.csv.
+                    self._fail(state, "group", value["skipped"][k], path=state.spec.sources[src].path)
+                    return
                 self._record_skip(state, src, one_line(value["skipped"][k]))
                 self.progress.tile_done(0)
                 continue
@@ -587,7 +601,9 @@ class Engine:
             skipped_sources=list(state.skipped))
         log.info("%s: %d cells in %.1f s", state.spec.sample_id, len(cells), time.time() - state.started)
 
-    def _fail(self, state: _Sample, stage: str, err: BaseException, doing: str = "") -> None:
+    def _fail(self, state: _Sample, stage: str, err: BaseException, doing: str = "", path: str = "") -> None:
+        """Fail the sample once. ``path``: the file its failing task was reading (errors.csv's
+        path column); the sample's folder or manifest (``spec.origin``) when not one file."""
         if state.failed is not None:
             return
         if stage == "group":  # a field group opens and detects its images
@@ -610,7 +626,7 @@ class Engine:
         state.group_futs.clear()
         self.progress.samples_done += 1
         self.results[state.spec.sample_id] = SampleResult(
-            state.spec.sample_id, "failed", stage=stage, error=message, path=state.spec.origin,
+            state.spec.sample_id, "failed", stage=stage, error=message, path=path or state.spec.origin,
             seconds=time.time() - state.started, skipped_sources=list(state.skipped))
         # INFO, not ERROR: the runner prints each failure once, as the run's one
         # error line per failure (with -q that line is all the user sees).

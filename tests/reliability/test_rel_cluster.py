@@ -110,10 +110,20 @@ def test_workers_that_cannot_run_slideproc_are_named_before_any_work(fields, tmp
     assert not out.exists()
 
 
-def _run_then_kill(c, small_archive, tiny_model, tmp_path, victim: str):
+def _gpu_tasks_submitted(client) -> bool:
+    """Whether the scheduler holds a task restricted to the GPU resource: the run's engine has
+    decided to classify on GPU workers only."""
+    return client.run_on_scheduler(
+        lambda dask_scheduler: any(ts.resource_restrictions for ts in dask_scheduler.tasks.values()))
+
+
+def _run_then_kill(c, small_archive, tiny_model, tmp_path, victim: str, *, after_gpu_tasks: bool = False):
     """Start `slideproc run` on the cluster with engine.no_worker_timeout_s 5, kill worker
-    ``victim`` (and its nanny: nothing restarts it) once the run has begun writing; returns
+    ``victim`` (and its nanny: nothing restarts it) once the run has begun writing (with
+    ``after_gpu_tasks``: once its first GPU-restricted task is on the scheduler); returns
     (exit status, stderr, seconds from the kill to the end, OUT_DIR)."""
+    from distributed import Client
+
     cfg = tmp_path / "watch.yaml"
     cfg.write_text("engine:\n  no_worker_timeout_s: 5\n", encoding="utf-8")
     out = tmp_path / "out"
@@ -123,6 +133,13 @@ def _run_then_kill(c, small_archive, tiny_model, tmp_path, victim: str):
     deadline = time.time() + 300
     while time.time() < deadline and run.poll() is None and not (out / "results.zarr").exists():
         time.sleep(0.2)
+    if after_gpu_tasks:
+        # The engine asks whether any worker offers the GPU after results.zarr exists; a kill
+        # that lands before it asks leaves a run without GPU workers, which classifies on the
+        # CPU worker and rightly succeeds (this test failed 1 in 4 that way under load).
+        with Client(c.address, timeout="60s") as client:
+            while time.time() < deadline and run.poll() is None and not _gpu_tasks_submitted(client):
+                time.sleep(0.05)
     assert run.poll() is None, run.communicate()
     c.kill(victim)
     killed = time.monotonic()
@@ -185,7 +202,8 @@ def test_losing_the_only_gpu_worker_fails_the_rest_instead_of_waiting(small_arch
         c.worker("cpu-node")
         c.worker("gpu-node", None, "--resources", "GPU=1")
         c.wait_for_workers(2)
-        returncode, stderr, waited, out = _run_then_kill(c, small_archive, tiny_model, tmp_path, "gpu-node")
+        returncode, stderr, waited, out = _run_then_kill(c, small_archive, tiny_model, tmp_path, "gpu-node",
+                                                         after_gpu_tasks=True)
     assert returncode == 1, stderr
     assert waited < 120, waited
     errors = read_errors(out)

@@ -423,11 +423,12 @@ def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
         share, low, _ = diff.beyond_record_share
         n, k = diff.record_check
         return (f"cells unlike the model's record: {k} of {n} cells ({100 * share:.0f} %, at least {100 * low:.0f} % "
-                f"at 95 % confidence; 5-13 % for cells like the record's) look unlike the crops the model was "
+                f"at 95 % confidence; about 5 % of crops like the record's, 6-13 % of cells cut from fields like them) look unlike the crops the model was "
                 f"characterised on (another stain, scanner or preparation, or cells the record holds few of): "
                 f"its class shares and intervals are not supported for this sample, and its other flags still "
-                f"apply. Review the cells marked beyond_record 1 (cells/<sample_id>.csv, the QuPath GeoJSON and report/needs_review.csv); characterise the model on this "
-                f"lab's labelled crops (slideproc evaluate --characterise) or retrain on them")
+                f"apply. Review the cells marked beyond_record 1 in cells/{diff.sample_id}.csv (and in "
+                f"geojson/{diff.sample_id}.geojson's measurements, for QuPath); characterise the model on "
+                f"this lab's labelled crops (slideproc evaluate --characterise) or retrain on them")
     return flag
 
 

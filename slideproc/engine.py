@@ -23,6 +23,7 @@ errors.csv, and the other samples finish.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -314,7 +315,7 @@ class Engine:
                 except Exception as err:  # noqa: BLE001 - any task error fails the sample only
                     if not (kind == "plan" and self._skip_source(state, err, **extra)):
                         self._fail(state, kind, err, doing=self._doing(state, kind, extra),
-                                   path=self._failing_file(state, kind, extra))
+                                   path=self._failing_file(state, kind, extra, err))
                 else:
                     try:
                         getattr(self, f"_on_{kind}")(state, value, **extra)
@@ -352,14 +353,20 @@ class Engine:
         return next(self.ac)
 
     @staticmethod
-    def _failing_file(state: _Sample, kind: str, extra: dict) -> str:
+    def _failing_file(state: _Sample, kind: str, extra: dict, err: BaseException) -> str:
         """The one file a failed task of ``kind`` was reading, or "" (a crop or classify
-        batch spans files; a field group, several images)."""
+        batch spans files). In a field group of several images, the image the error's
+        line begins with (slideproc's errors name their file first: "PATH: ...")."""
         refs = state.spec.sources
         if kind in ("plan", "tile"):
             return refs[extra["source"]].path
-        if kind == "group" and state.group_stop.get(extra["group"], extra["start"] + 1) - extra["start"] == 1:
-            return refs[extra["start"]].path
+        if kind == "group":
+            start = extra["start"]
+            group = refs[start:state.group_stop.get(extra["group"], start + 1)]
+            if len(group) == 1:
+                return group[0].path
+            text = str(err)
+            return next((r.path for r in group if text.startswith(r.path + ":")), "")
         return ""
 
     def _doing(self, state: _Sample, kind: str, extra: dict) -> str:
@@ -626,7 +633,8 @@ class Engine:
         state.group_futs.clear()
         self.progress.samples_done += 1
         self.results[state.spec.sample_id] = SampleResult(
-            state.spec.sample_id, "failed", stage=stage, error=message, path=path or state.spec.origin,
+            state.spec.sample_id, "failed", stage=stage, error=message,
+            path=path or os.path.abspath(state.spec.origin),
             seconds=time.time() - state.started, skipped_sources=list(state.skipped))
         # INFO, not ERROR: the runner prints each failure once, as the run's one
         # error line per failure (with -q that line is all the user sees).

@@ -159,7 +159,7 @@ def test_run_stores_the_check_and_flags_a_sample_unlike_the_record(small_archive
     flags = pd.read_csv(tmp_path / "out_odd" / "differential.csv")["flags"].iloc[0].split(";")
     assert flags[0] == "unlike_record"
     page = (tmp_path / "out_odd" / "report" / "index.html").read_text()
-    assert "cells unlike the model&#x27;s record" in page and "beyond_record 1 (cells/&lt;sample_id&gt;.csv" in page
+    assert "cells unlike the model&#x27;s record" in page and "beyond_record 1 in cells/S1.csv" in page
     _assert_cell_verdicts(tmp_path / "out_odd", "S1", np.ones(len(beyond), int))
 
 

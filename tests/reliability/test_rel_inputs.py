@@ -92,6 +92,26 @@ def test_good_samples_are_written_whole(bad_archive, fields):
     assert run["samples"]["good"]["skipped_sources"] == []
 
 
+def test_a_folder_whose_resolution_cannot_be_estimated_names_its_file(tmp_path):
+    """Review: with --mpp auto, a folder of fields without red cells failed with errors.csv's
+    path column naming the folder, relative to where the command ran; the line named the
+    file. Now the column names that file, as an absolute path (as every other row)."""
+    from PIL import Image
+
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (400, 400), (235, 232, 236)).save(folder / name)
+    out = tmp_path / "out"
+    proc = slideproc("detect", "blank", "--mpp", "auto", "--out", out, "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert_clean_stderr(proc.stderr)
+    errors = read_errors(out)
+    assert list(errors.sample_id) == ["blank"]
+    assert "cannot estimate the resolution from red cells" in errors.error[0]
+    assert errors.path[0] == str((folder / "a.png").resolve()) and errors.error[0].startswith(errors.path[0])
+
+
 def test_bad_images_in_a_folder_are_skipped_and_named(bad_archive):
     """Truncated PNG/JPEG/TIFF, random bytes and a zero-byte file inside an image folder:
     the folder's good fields are processed exactly as alone; each bad file is an

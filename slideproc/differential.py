@@ -388,6 +388,11 @@ def reading_order(class_names: Sequence[str], config) -> list[int]:
     return list(seen.values())
 
 
+# How many cells lie beyond the record where nothing has shifted (BENCHMARKS.md, "Cells
+# unlike the record"): said wherever a sample's share is shown (flag text, report).
+RECORD_EXPECTED_SHARE = "about 5 % of crops like the record's, 6-13 % of cells cut from fields like them"
+
+
 def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
     """The flag as a reader should see it."""
     which = "adjusted" if diff.adjusted else "raw"
@@ -423,7 +428,7 @@ def describe_flag(flag: str, diff: SampleDifferential, config) -> str:
         share, low, _ = diff.beyond_record_share
         n, k = diff.record_check
         return (f"cells unlike the model's record: {k} of {n} cells ({100 * share:.0f} %, at least {100 * low:.0f} % "
-                f"at 95 % confidence; about 5 % of crops like the record's, 6-13 % of cells cut from fields like them) look unlike the crops the model was "
+                f"at 95 % confidence; {RECORD_EXPECTED_SHARE}) look unlike the crops the model was "
                 f"characterised on (another stain, scanner or preparation, or cells the record holds few of): "
                 f"its class shares and intervals are not supported for this sample, and its other flags still "
                 f"apply. Review the cells marked beyond_record 1 in cells/{diff.sample_id}.csv (and in "

@@ -314,7 +314,7 @@ def _record_check_words(diff) -> str:
         return "cells not checked against the model's record (the model has no feature_record.npz)"
     n, k = diff.record_check
     share = f" ({100 * k / n:.0f} %)" if n else ""
-    return f"{k} of {n} cells{share} beyond the model's record (about 5 % of crops like the record's, 6-13 % of cells cut from fields like them)"
+    return f"{k} of {n} cells{share} beyond the model's record ({dif.RECORD_EXPECTED_SHARE})"
 
 
 def failed_samples(errors: list[dict], reported: set[str]) -> dict[str, str]:

@@ -183,5 +183,5 @@ def read_geojson(path: str | os.PathLike):
     columns = ["cell_id", "source", "x", "y", "x0", "y0", "x1", "y1", "area_um2", "class", "confidence",
                "beyond_record"]
     df = pd.DataFrame(rows, columns=columns)
-    df["beyond_record"] = pd.array([pd.NA if v is pd.NA else bool(v) for v in df["beyond_record"]], dtype="boolean")
+    df["beyond_record"] = pd.array(df["beyond_record"], dtype="boolean")
     return df
